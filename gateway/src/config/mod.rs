@@ -1,0 +1,448 @@
+//! The gateway's configuration: one TOML file, read at start-up.
+//!
+//! Loading runs in three steps, each of which reports problems with the key path they
+//! concern (`backends[1].region: ...`):
+//!
+//! 1. the file is parsed as TOML;
+//! 2. `${VAR}` and `${VAR:-default}` in every string value are replaced from the environment
+//!    (so secrets such as a Bedrock API key stay out of the file);
+//! 3. the tree is deserialized into [`Config`] (unknown keys are errors) and then validated as a
+//!    whole: every problem is collected before [`Config::load`] fails, so `gateway check` prints
+//!    them all at once.
+//!
+//! Defaults live in this module only, in the `Default` impls and `default_*` functions below.
+
+mod env;
+mod units;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, HumanDuration};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and server-wide limits.
+    pub server: ServerConfig,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Where each client protocol is served.
+    #[serde(default)]
+    pub front_doors: FrontDoorsConfig,
+    /// The upstream providers the gateway may call.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Data-plane listen address.
+    pub listen: String,
+    /// Admin listen address (health and readiness).
+    pub admin_listen: String,
+    /// Largest request body accepted; larger ones get 413 in the client's protocol.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: ByteSize,
+    /// PEM certificate chain for the data plane; with `tls_key` the listener speaks HTTPS.
+    pub tls_cert: Option<String>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<String>,
+    /// Worker threads for the data plane (default: the number of cores).
+    pub threads: Option<usize>,
+    /// How long a client may take to send its request body.
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout: HumanDuration,
+    /// How long shutdown waits for requests in flight to finish.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: HumanDuration,
+}
+
+/// `[timeouts]`: how long the gateway waits on an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP and TLS connection set-up.
+    #[serde(default = "default_connect")]
+    pub connect: HumanDuration,
+    /// From the request sent to the first byte of the response head.
+    #[serde(default = "default_first_byte")]
+    pub first_byte: HumanDuration,
+    /// Between two reads of the response body. A stream that keeps sending is never cut.
+    #[serde(default = "default_idle")]
+    pub idle: HumanDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            first_byte: default_first_byte(),
+            idle: default_idle(),
+        }
+    }
+}
+
+/// `[front_doors]`: the client protocols and their path prefixes.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FrontDoorsConfig {
+    /// The Amazon Bedrock front door.
+    #[serde(default)]
+    pub bedrock: BedrockFrontDoorConfig,
+}
+
+/// `[front_doors.bedrock]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BedrockFrontDoorConfig {
+    /// Path prefix clients put in `ANTHROPIC_BEDROCK_BASE_URL` / `endpoint_url`.
+    #[serde(default = "default_bedrock_prefix")]
+    pub prefix: String,
+}
+
+impl Default for BedrockFrontDoorConfig {
+    fn default() -> Self {
+        Self {
+            prefix: default_bedrock_prefix(),
+        }
+    }
+}
+
+/// The provider a backend speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Amazon Bedrock runtime (and its control plane).
+    Bedrock,
+}
+
+/// `[[backends]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name, used by routes, logs and the usage record.
+    pub name: String,
+    /// Which provider this is.
+    pub kind: BackendKind,
+    /// The provider region (Bedrock: the SigV4 region and the default endpoint's region).
+    pub region: Option<String>,
+    /// Runtime endpoint; default `https://bedrock-runtime.{region}.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// Control-plane endpoint; default `https://bedrock.{region}.amazonaws.com`.
+    pub control_endpoint: Option<String>,
+    /// A profile from the shared AWS config files, instead of the default chain's choice.
+    pub profile: Option<String>,
+    /// A Bedrock API key, sent as `Authorization: Bearer` instead of a SigV4 signature.
+    pub bearer_token: Option<String>,
+}
+
+fn default_max_request_body() -> ByteSize {
+    ByteSize(20 * 1024 * 1024)
+}
+fn default_client_body_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_grace_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_connect() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_first_byte() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+fn default_bedrock_prefix() -> String {
+    "/bedrock".to_string()
+}
+
+/// One thing wrong with a configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, such as `backends[1].region`; empty for the file as a whole.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded: every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl ConfigError {
+    fn one(path: &str, message: impl Into<String>) -> Self {
+        Self(vec![Problem {
+            path: path.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl Config {
+    /// Reads, expands, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one("", format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates configuration text, expanding `${VAR}` from the process environment.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::parse`], with the environment given as a lookup function.
+    pub fn parse_with_env(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::one("", e.message().to_string()))?;
+        let mut problems = Vec::new();
+        env::expand(&mut value, "", lookup, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::one(&path, e.into_inner().message().to_string())
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Every semantic problem in the configuration (empty when it is valid).
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: String| problems.push(Problem { path, message });
+
+        for (key, value) in [
+            ("server.listen", &self.server.listen),
+            ("server.admin_listen", &self.server.admin_listen),
+        ] {
+            if value.parse::<SocketAddr>().is_err() {
+                problem(
+                    key.into(),
+                    format!("`{value}` is not an address like 127.0.0.1:8080"),
+                );
+            }
+        }
+        if self.server.listen == self.server.admin_listen {
+            problem(
+                "server.admin_listen".into(),
+                "must differ from server.listen".into(),
+            );
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => problem(
+                "server.tls_key".into(),
+                "required when tls_cert is set".into(),
+            ),
+            (None, Some(_)) => problem(
+                "server.tls_cert".into(),
+                "required when tls_key is set".into(),
+            ),
+            (Some(cert), Some(key)) => {
+                for (k, file) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                    if !Path::new(file).is_file() {
+                        problem(k.into(), format!("no such file: {file}"));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if self.server.max_request_body.0 == 0 {
+            problem(
+                "server.max_request_body".into(),
+                "must be larger than zero".into(),
+            );
+        }
+        if self.server.threads == Some(0) {
+            problem("server.threads".into(), "must be at least 1".into());
+        }
+        for (key, d) in [
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.first_byte", self.timeouts.first_byte),
+            ("timeouts.idle", self.timeouts.idle),
+        ] {
+            if d.0.is_zero() {
+                problem(key.into(), "must be longer than zero".into());
+            }
+        }
+        let prefix = &self.front_doors.bedrock.prefix;
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("..") {
+            problem(
+                "front_doors.bedrock.prefix".into(),
+                format!("`{prefix}` must start with `/` and not end with one, like `/bedrock`"),
+            );
+        }
+
+        let mut names = std::collections::HashSet::new();
+        for (i, backend) in self.backends.iter().enumerate() {
+            let at = |key: &str| format!("backends[{i}].{key}");
+            if backend.name.is_empty() {
+                problem(at("name"), "must not be empty".into());
+            } else if !names.insert(backend.name.as_str()) {
+                problem(
+                    at("name"),
+                    format!("`{}` is used by another backend", backend.name),
+                );
+            }
+            match backend.kind {
+                BackendKind::Bedrock => {
+                    match &backend.region {
+                        None => problem(at("region"), "required for a bedrock backend".into()),
+                        Some(r) if !is_region(r) => {
+                            problem(at("region"), format!("`{r}` is not a region name"))
+                        }
+                        Some(_) => {}
+                    }
+                    for (key, url) in [
+                        ("endpoint", &backend.endpoint),
+                        ("control_endpoint", &backend.control_endpoint),
+                    ] {
+                        if let Some(url) = url {
+                            if let Err(e) = crate::upstream::Endpoint::parse(url) {
+                                problem(at(key), e.to_string());
+                            }
+                        }
+                    }
+                    if matches!(&backend.bearer_token, Some(t) if t.is_empty()) {
+                        problem(
+                            at("bearer_token"),
+                            "is empty (is its environment variable set?)".into(),
+                        );
+                    }
+                }
+            }
+        }
+        if !self.backends.iter().any(|b| b.kind == BackendKind::Bedrock) {
+            problem(
+                "backends".into(),
+                "no backend of kind \"bedrock\": the Bedrock front door would have nowhere to send requests".into(),
+            );
+        }
+        problems
+    }
+}
+
+fn is_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        admin_listen = "127.0.0.1:9901"
+        [[backends]]
+        name = "b"
+        kind = "bedrock"
+        region = "us-east-1"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse_with_env(MINIMAL, &|_| None).unwrap();
+        assert_eq!(c.server.max_request_body.0, 20 * 1024 * 1024);
+        assert_eq!(c.front_doors.bedrock.prefix, "/bedrock");
+        assert_eq!(c.timeouts.connect.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = r#"
+            [server]
+            listen = "nope"
+            admin_listen = "127.0.0.1:9901"
+            tls_cert = "/nonexistent.pem"
+            [[backends]]
+            name = "b"
+            kind = "bedrock"
+            [[backends]]
+            name = "b"
+            kind = "bedrock"
+            region = "Bad Region"
+            endpoint = "ftp://x"
+        "#;
+        let err = Config::parse_with_env(text, &|_| None).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.listen",
+                "server.tls_key",
+                "backends[0].region",
+                "backends[1].name",
+                "backends[1].region",
+                "backends[1].endpoint"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let text = MINIMAL.replace(
+            "region = \"us-east-1\"",
+            "region = \"us-east-1\"\nregoin = 1",
+        );
+        let err = Config::parse_with_env(&text, &|_| None).unwrap_err();
+        assert_eq!(err.0[0].path, "backends[0].regoin");
+        assert!(err.0[0].message.contains("regoin"), "{}", err);
+    }
+
+    #[test]
+    fn env_vars_are_expanded_and_missing_ones_reported() {
+        let text = MINIMAL.replace("us-east-1", "${REGION}") + "bearer_token = \"${TOKEN}\"\n";
+        let c =
+            Config::parse_with_env(&text, &|n| (n == "REGION").then(|| "eu-west-1".to_string()));
+        let err = c.unwrap_err();
+        assert_eq!(err.0[0].path, "backends[0].bearer_token");
+        let c = Config::parse_with_env(&text, &|n| match n {
+            "REGION" => Some("eu-west-1".into()),
+            "TOKEN" => Some("abc".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.backends[0].region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.backends[0].bearer_token.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../examples/gateway.toml");
+        Config::parse_with_env(text, &|_| None).unwrap();
+    }
+}

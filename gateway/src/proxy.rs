@@ -1,0 +1,519 @@
+//! The data plane: Pingora's `ProxyHttp` phases, where one request reads top to bottom.
+//!
+//! Pingora streams a request body upstream while it still arrives, but an AWS signature
+//! covers the hash of the whole body, and plugins (and translation, later) need to see it
+//! before anything goes upstream. So the gateway serves each request itself inside
+//! `request_filter`: read the body (bounded), parse it through its front door, prepare and
+//! sign the upstream request, then exchange it over Pingora's pooled connector and stream the
+//! answer back chunk by chunk. Pingora still owns the listeners, TLS, HTTP/1 and HTTP/2
+//! framing, keep-alive and connection pools; `logging` runs once per request at the end.
+//!
+//! Invariants kept here:
+//! - client credentials never go upstream (see [`crate::upstream::forwards_request_header`]);
+//! - the answer is never buffered: each upstream chunk is written to the client as the same
+//!   `Bytes` handle, and the usage observer only looks at it;
+//! - a client that goes away mid-stream makes the gateway drop the upstream connection at
+//!   once, instead of paying for tokens nobody reads;
+//! - errors the gateway decides are rendered in the client's protocol; upstream errors pass
+//!   through unchanged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::frontdoor::{FrontDoor, FrontDoors, RequestInfo};
+use crate::upstream::{forwards_response_header, UpstreamRequest, Upstreams, POOL_IDLE_TIMEOUT};
+use crate::wire::error::GatewayError;
+use crate::wire::usage::{Observation, ResponseShape, UsageObserver};
+
+/// How a request ended, for logs and the usage record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Still running (never logged as such).
+    #[default]
+    Pending,
+    /// The upstream answered with success and the client got all of it.
+    Ok,
+    /// The upstream answered with an error status, passed through.
+    UpstreamError,
+    /// The gateway answered with an error of its own (validation, limits, no upstream).
+    Rejected,
+    /// The upstream failed after the answer had started; the client saw a cut stream.
+    UpstreamFailed,
+    /// The client went away before the answer was complete.
+    ClientAborted,
+}
+
+impl Outcome {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Rejected => "rejected",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::ClientAborted => "client_aborted",
+        }
+    }
+}
+
+/// Everything known about one request, from its first byte to its log line.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    /// The request ID (the client's `x-request-id` when it sent a usable one).
+    pub request_id: String,
+    /// Claude Code's `X-Claude-Code-Session-Id`, when present.
+    pub session_id: Option<String>,
+    /// The parsed request, once the front door has read it.
+    pub info: Option<RequestInfo>,
+    /// The front door whose error shape applies (known even when parsing failed).
+    pub front_door: Option<FrontDoor>,
+    /// The backend that served it.
+    pub backend: Option<Arc<str>>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// Usage and stream errors seen in the answer.
+    pub observation: Option<Observation>,
+    /// When the request arrived.
+    pub started: Option<Instant>,
+    /// Time from arrival to the first byte of the upstream answer.
+    pub time_to_first_byte: Option<Duration>,
+    /// Request body bytes received.
+    pub request_bytes: usize,
+    /// Response body bytes sent to the client.
+    pub response_bytes: usize,
+    /// Whether a response head has been written to the client.
+    pub response_started: bool,
+}
+
+/// Why serving a request stopped early.
+enum Stop {
+    /// Answer with this error in the client's protocol (nothing has been sent yet).
+    Answer(GatewayError),
+    /// The response had started; the connection must be closed to signal a cut answer.
+    Abort(Outcome, String),
+}
+
+impl From<GatewayError> for Stop {
+    fn from(e: GatewayError) -> Self {
+        Stop::Answer(e)
+    }
+}
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct Gateway {
+    front_doors: FrontDoors,
+    upstreams: Arc<Upstreams>,
+    connector: Connector,
+    max_request_body: u64,
+    client_body_timeout: Duration,
+}
+
+impl Gateway {
+    /// A gateway serving `front_doors` with `upstreams`.
+    pub fn new(
+        front_doors: FrontDoors,
+        upstreams: Arc<Upstreams>,
+        max_request_body: u64,
+        client_body_timeout: Duration,
+    ) -> Self {
+        Self {
+            front_doors,
+            upstreams,
+            connector: Connector::new(None),
+            max_request_body,
+            client_body_timeout,
+        }
+    }
+
+    /// Serves one request; `Err` says how it stopped early.
+    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Stop> {
+        // 1. Which front door, which operation, which model.
+        let head = session.req_header();
+        let path = head
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let info = match self.front_doors.parse(&head.method, &path) {
+            Ok(info) => info,
+            Err((front_door, e)) => {
+                ctx.front_door = Some(front_door);
+                return Err(e.into());
+            }
+        };
+        ctx.front_door = Some(info.front_door);
+        ctx.info = Some(info.clone());
+
+        // 2. The whole body, bounded, because the signature covers its hash.
+        let body = self.read_body(session, ctx).await?;
+
+        // 3. Which backend, and the signed request for it.
+        let backend = Arc::clone(self.upstreams.pick(&info)?);
+        ctx.backend = Some(Arc::clone(&backend.name));
+        let prepared =
+            self.upstreams
+                .prepare(&backend, &info, session.req_header(), &ctx.request_id, body)?;
+
+        // 4. Exchange it, streaming the answer back.
+        self.exchange(session, ctx, prepared, info.operation.response_shape())
+            .await
+    }
+
+    /// Reads the request body up to `max_request_body`.
+    async fn read_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Bytes, Stop> {
+        let too_large = GatewayError::BodyTooLarge {
+            limit: self.max_request_body,
+        };
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_request_body) {
+            // Refuse before reading; the connection is not reused since the body is unread.
+            session.set_keepalive(None);
+            return Err(too_large.into());
+        }
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        session.set_read_timeout(Some(self.client_body_timeout));
+        loop {
+            let chunk = session.read_request_body().await.map_err(|e| {
+                GatewayError::BadRequest(format!("could not read the request body: {e}"))
+            })?;
+            let Some(chunk) = chunk else { break };
+            if (body.len() + chunk.len()) as u64 > self.max_request_body {
+                session.set_keepalive(None);
+                return Err(too_large.into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        // From here on the client only waits; never time its silence out.
+        session.set_read_timeout(None);
+        ctx.request_bytes = body.len();
+        Ok(body.freeze())
+    }
+
+    /// Sends the request and streams the answer to the client.
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: UpstreamRequest,
+        shape: ResponseShape,
+    ) -> Result<(), Stop> {
+        let backend = ctx.backend.clone().unwrap_or_else(|| "?".into());
+        let timeouts = self.upstreams.timeouts().clone();
+        let UpstreamRequest { peer, header, body } = request;
+
+        let mut upstream = self
+            .send(&peer, header, body, &backend, timeouts.first_byte.0)
+            .await?;
+        ctx.time_to_first_byte = ctx.started.map(|s| s.elapsed());
+
+        // The response head: pass it through, minus hop-by-hop headers.
+        let upstream_head = upstream
+            .response_header()
+            .ok_or_else(|| GatewayError::Internal("upstream response head missing".into()))?;
+        let status = upstream_head.status.as_u16();
+        let mut head = ResponseHeader::build(status, Some(upstream_head.headers.len() + 1))
+            .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
+        for (name, value) in upstream_head.headers.iter() {
+            if forwards_response_header(name.as_str()) {
+                head.append_header(name.clone(), value.clone())
+                    .map_err(|e| GatewayError::Internal(format!("response header: {e}")))?;
+            }
+        }
+        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        let mut observer = UsageObserver::new(if status < 400 {
+            shape
+        } else {
+            ResponseShape::Opaque
+        });
+        observer.observe_headers(&upstream_head.headers);
+        ctx.status = status;
+
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| {
+                Stop::Abort(
+                    Outcome::ClientAborted,
+                    format!("writing response head: {e}"),
+                )
+            })?;
+        ctx.response_started = true;
+
+        // The body: each chunk goes to the client as it arrives, untouched.
+        upstream.set_read_timeout(Some(timeouts.idle.0));
+        let result = loop {
+            tokio::select! {
+                chunk = upstream.read_response_body() => match chunk {
+                    Ok(Some(chunk)) => {
+                        observer.observe(&chunk);
+                        ctx.response_bytes += chunk.len();
+                        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                            break Err(Stop::Abort(Outcome::ClientAborted, format!("writing to client: {e}")));
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(Stop::Abort(Outcome::UpstreamFailed, format!("backend {backend} failed mid-answer: {e}"))),
+                },
+                // The request body is done, so this only returns when the client hangs up.
+                gone = session.downstream_session.read_body_or_idle(true) => {
+                    let why = match gone { Err(e) => e.to_string(), Ok(_) => "closed".into() };
+                    break Err(Stop::Abort(Outcome::ClientAborted, format!("client went away: {why}")));
+                }
+            }
+        };
+        ctx.observation = Some(observer.finish(result.is_ok()));
+        match result {
+            Ok(()) => {
+                session.write_response_body(None, true).await.map_err(|e| {
+                    Stop::Abort(Outcome::ClientAborted, format!("finishing response: {e}"))
+                })?;
+                ctx.outcome = if status < 400 {
+                    Outcome::Ok
+                } else {
+                    Outcome::UpstreamError
+                };
+                if upstream.response_done() {
+                    self.connector
+                        .release_http_session(upstream, &peer, Some(POOL_IDLE_TIMEOUT))
+                        .await;
+                }
+                Ok(())
+            }
+            // Dropping `upstream` here closes the upstream connection: nothing more is read or paid for.
+            Err(stop) => Err(stop),
+        }
+    }
+
+    /// Connects, writes the request and waits for the response head. A pooled connection that
+    /// turns out to be closed is retried once on a fresh one, since the upstream never saw the request.
+    async fn send(
+        &self,
+        peer: &HttpPeer,
+        header: pingora_http::RequestHeader,
+        body: Bytes,
+        backend: &str,
+        first_byte: Duration,
+    ) -> Result<UpstreamSession, Stop> {
+        let mut last_error = String::new();
+        for _attempt in 0..2 {
+            let (mut upstream, reused) =
+                self.connector.get_http_session(peer).await.map_err(|e| {
+                    GatewayError::Unavailable(format!(
+                        "backend {backend} is unreachable: {}",
+                        e.etype().as_str()
+                    ))
+                })?;
+            let sent = async {
+                upstream
+                    .write_request_header(Box::new(header.clone()))
+                    .await?;
+                if !body.is_empty() {
+                    upstream.write_request_body(body.clone(), true).await?;
+                }
+                upstream.finish_request_body().await?;
+                Ok::<_, Box<Error>>(())
+            }
+            .await;
+            let answered = match sent {
+                Ok(()) => {
+                    match tokio::time::timeout(first_byte, upstream.read_response_header()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(GatewayError::Unavailable(format!(
+                                "backend {backend} did not answer within {}",
+                                humantime::format_duration(first_byte)
+                            ))
+                            .into())
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(()) => return Ok(upstream),
+                Err(e) if reused => {
+                    last_error = e.to_string();
+                    tracing::debug!(backend, error = %e, "pooled upstream connection was stale; retrying on a new one");
+                }
+                Err(e) => {
+                    return Err(GatewayError::Unavailable(format!(
+                        "backend {backend} failed before answering: {}",
+                        e.etype().as_str()
+                    ))
+                    .into())
+                }
+            }
+        }
+        Err(GatewayError::Unavailable(format!(
+            "backend {backend} failed before answering: {last_error}"
+        ))
+        .into())
+    }
+
+    /// Writes a gateway error in the client's protocol.
+    async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: &GatewayError,
+    ) {
+        let front_door = ctx.front_door.unwrap_or(FrontDoor::Bedrock);
+        let rendered = error.render(front_door);
+        ctx.status = rendered.status;
+        ctx.outcome = Outcome::Rejected;
+        ctx.error = Some(error.to_string());
+        let Ok(mut head) = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))
+        else {
+            return;
+        };
+        let _ = head.insert_header("content-type", rendered.content_type);
+        let _ = head.insert_header("content-length", rendered.body.len().to_string());
+        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        for (name, value) in &rendered.headers {
+            let _ = head.insert_header(*name, value.as_str());
+        }
+        ctx.response_started = true;
+        if session
+            .write_response_header(Box::new(head), false)
+            .await
+            .is_ok()
+        {
+            ctx.response_bytes = rendered.body.len();
+            let _ = session.write_response_body(Some(rendered.body), true).await;
+        }
+    }
+}
+
+/// The request ID to use: the client's own `x-request-id` when it is short printable ASCII,
+/// otherwise a fresh UUID.
+fn request_id(session: &Session) -> String {
+    session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        ctx.request_id = request_id(session);
+        ctx.session_id = session
+            .req_header()
+            .headers
+            .get("x-claude-code-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(128).collect());
+        match self.serve(session, ctx).await {
+            Ok(()) => Ok(true),
+            Err(Stop::Answer(e)) => {
+                self.answer_error(session, ctx, &e).await;
+                Ok(true)
+            }
+            Err(Stop::Abort(outcome, why)) => {
+                ctx.outcome = outcome;
+                ctx.error = Some(why.clone());
+                // An error here makes Pingora close the client connection without finishing
+                // the body, which is how a client learns its stream was cut.
+                Error::e_explain(ErrorType::ConnectionClosed, why)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Every request is answered in `request_filter`; Pingora never gets this far.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "requests are served in request_filter",
+        )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if !ctx.response_started {
+            let error =
+                GatewayError::Internal(format!("the gateway failed: {}", e.etype().as_str()));
+            self.answer_error(session, ctx, &error).await;
+        }
+        FailToProxy {
+            error_code: ctx.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Aborted streams are logged once, by `logging`, with the request's context.
+        ctx.outcome == Outcome::ClientAborted || ctx.outcome == Outcome::UpstreamFailed
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let latency = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let usage = ctx
+            .observation
+            .as_ref()
+            .and_then(|o| o.usage)
+            .unwrap_or_default();
+        let info = ctx.info.as_ref();
+        tracing::info!(
+            target: "gateway::request",
+            request_id = %ctx.request_id,
+            session_id = ctx.session_id.as_deref().unwrap_or("-"),
+            front_door = ctx.front_door.map(FrontDoor::as_str).unwrap_or("-"),
+            operation = info.map(|i| i.operation.as_str()).unwrap_or("-"),
+            model = info.and_then(|i| i.model_id.as_deref()).unwrap_or("-"),
+            backend = ctx.backend.as_deref().unwrap_or("-"),
+            status = ctx.status,
+            outcome = ctx.outcome.as_str(),
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            cache_read_tokens = usage.cache_read_tokens,
+            cache_write_tokens = usage.cache_write_tokens,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            ttfb_ms = ctx.time_to_first_byte.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(-1.0),
+            request_bytes = ctx.request_bytes,
+            response_bytes = ctx.response_bytes,
+            stream_error = ctx.observation.as_ref().and_then(|o| o.stream_error.as_deref()).unwrap_or("-"),
+            usage_parse_error = ctx.observation.as_ref().and_then(|o| o.parse_error.as_deref()).unwrap_or("-"),
+            error = ctx.error.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The Rust SDK for gateway plugins. The plugin contract arrives with the plugin runtime.

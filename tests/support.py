@@ -1,0 +1,223 @@
+"""Shared helpers for the end-to-end tests: client factories, raw HTTP, Claude Code runner, test CA."""
+from __future__ import annotations
+
+import datetime as _dt
+import http.client
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+CLAUDE_BIN = TESTS / "node_modules" / "@anthropic-ai" / "claude-code" / "bin" / "claude.exe"
+
+GW_CREDENTIAL = "sk-gw-test"            # what Claude Code holds (ANTHROPIC_AUTH_TOKEN)
+CLIENT_AK, CLIENT_SK = "AKIDCLIENT", "clientsecret"  # what boto3 / the Anthropic SDK sign with
+REGION = "us-east-1"
+
+SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+SONNET_WIRE = "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0"
+APP_PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+APP_PROFILE_WIRE = "arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Aapplication-inference-profile%2Fabc123"
+
+# Variables that must never leak from the developer's environment into a client or the gateway.
+_SCRUB_PREFIXES = ("AWS_", "ANTHROPIC_", "CLAUDE_", "GOOGLE_", "CLOUDSDK_", "VERTEX_", "BEDROCK_")
+_SCRUB_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS", "NODE_OPTIONS", "GOOGLE_APPLICATION_CREDENTIALS"}
+
+
+def scrub_process_env() -> None:
+    """Make this (pytest) process safe for in-process clients (boto3, the Anthropic SDK)."""
+    for k in list(os.environ):
+        if k.startswith(_SCRUB_PREFIXES) or k in _SCRUB_NAMES:
+            del os.environ[k]
+    os.environ.update({
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    })
+
+
+def minimal_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
+    """A fresh environment for a child process: nothing inherited but PATH and locale."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(home),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Client factories
+# ------------------------------------------------------------------------------------------------
+
+def boto_client(service: str, endpoint_url: str, *, access_key: str = CLIENT_AK, secret_key: str = CLIENT_SK,
+                session_token: str | None = None, region: str = REGION, verify: Any = None,
+                read_timeout: float = 30):
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session()  # no default session: nothing from the environment
+    return session.client(
+        service, endpoint_url=endpoint_url, region_name=region,
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key, aws_session_token=session_token,
+        verify=verify,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1},
+                      connect_timeout=5, read_timeout=read_timeout),
+    )
+
+
+def anthropic_body(text: str = "say hello", **extra: Any) -> dict:
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+            "messages": [{"role": "user", "content": text}]}
+    body.update(extra)
+    return body
+
+
+def stream_text(event_stream) -> str:
+    """Assemble the text of a boto3 invoke_model_with_response_stream body."""
+    out = []
+    for ev in event_stream:
+        if "chunk" in ev:
+            e = json.loads(ev["chunk"]["bytes"])
+            if e.get("type") == "content_block_delta" and e["delta"].get("type") == "text_delta":
+                out.append(e["delta"]["text"])
+    return "".join(out)
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]   # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def errortype(self) -> str | None:
+        return self.headers.get("x-amzn-errortype")
+
+
+def raw_request(base: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 15,
+                cafile: str | None = None) -> RawResponse:
+    """Send exactly ``path`` (no normalisation, no encoding) to ``base`` (scheme://host:port)."""
+    scheme, _, hostport = base.partition("://")
+    hostport = hostport.split("/")[0]
+    host, _, port = hostport.rpartition(":")
+    if scheme == "https":
+        ctx = ssl.create_default_context(cafile=cafile)
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        conn.request(method, path, body=body, headers=hdrs)
+        r = conn.getresponse()
+        data = r.read()
+        return RawResponse(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Claude Code
+# ------------------------------------------------------------------------------------------------
+
+def claude_bedrock_env(base_url: str, home: str | os.PathLike, **extra: str) -> dict[str, str]:
+    return minimal_env(
+        home,
+        DISABLE_TELEMETRY="1",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        DISABLE_AUTOUPDATER="1",
+        CLAUDE_CODE_USE_BEDROCK="1",
+        ANTHROPIC_BEDROCK_BASE_URL=base_url,
+        CLAUDE_CODE_SKIP_BEDROCK_AUTH="1",
+        AWS_REGION=REGION,
+        ANTHROPIC_AUTH_TOKEN=GW_CREDENTIAL,
+        **extra,
+    )
+
+
+def run_claude(env: dict[str, str], prompt: str = "say hello", timeout: float = 120,
+               cwd: str | None = None) -> subprocess.CompletedProcess:
+    if not CLAUDE_BIN.exists():
+        raise RuntimeError(f"{CLAUDE_BIN} is missing: run `npm install` in {TESTS}")
+    cwd = cwd or env["HOME"]
+    return subprocess.run([str(CLAUDE_BIN), "-p", prompt], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def claude_failure_text(p: subprocess.CompletedProcess) -> str:
+    return f"claude exited {p.returncode}\n--- stdout ---\n{p.stdout[-4000:]}\n--- stderr ---\n{p.stderr[-4000:]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# A test CA and a server certificate for 127.0.0.1 / localhost
+# ------------------------------------------------------------------------------------------------
+
+def make_test_pki(directory: str | os.PathLike) -> dict[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway e2e test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": str(d / "ca.pem"), "cert": str(d / "server.pem"), "key": str(d / "server-key.pem")}
+    Path(paths["ca"]).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    Path(paths["cert"]).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    Path(paths["key"]).write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    return paths
