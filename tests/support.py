@@ -221,3 +221,38 @@ def make_test_pki(directory: str | os.PathLike) -> dict[str, str]:
                                                      serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
     return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# Gateway configuration
+# ------------------------------------------------------------------------------------------------
+
+def gateway_config(*, port: int, admin_port: int, backends: list[dict], max_request_body: str = "20MiB",
+                   connect: str = "2s", first_byte: str = "30s", idle: str = "30s",
+                   tls: tuple[str, str] | None = None, extra_server: str = "") -> str:
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["[server]", f'listen = "127.0.0.1:{port}"', f'admin_listen = "127.0.0.1:{admin_port}"',
+             f'max_request_body = "{max_request_body}"']
+    if tls:
+        lines += [f"tls_cert = {val(tls[0])}", f"tls_key = {val(tls[1])}"]
+    if extra_server:
+        lines.append(extra_server)
+    lines += ["", "[timeouts]", f'connect = "{connect}"', f'first_byte = "{first_byte}"', f'idle = "{idle}"',
+              "", "[front_doors.bedrock]", 'prefix = "/bedrock"']
+    for b in backends:
+        lines += ["", "[[backends]]"] + [f"{k} = {val(v)}" for k, v in b.items()]
+    return "\n".join(lines) + "\n"
+
+
+def mock_backend(mock, **kw) -> dict:
+    url = mock if isinstance(mock, str) else mock.url
+    b = {"name": "mock-bedrock", "kind": "bedrock", "region": "us-east-1", "endpoint": url,
+         "control_endpoint": url}
+    b.update(kw)
+    return b

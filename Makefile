@@ -1,0 +1,58 @@
+# The two commands a fresh machine needs: `make run` and `make test`.
+CONFIG ?= examples/gateway.toml
+VENV   := .venv
+STAMPS := target/.stamps
+
+.PHONY: run build plugins test test-unit test-e2e lint bench setup-system setup-test clean
+
+## run: build the gateway and the plugins, then serve $(CONFIG)
+run: build plugins
+	target/release/gateway check --config $(CONFIG)
+	target/release/gateway run --config $(CONFIG)
+
+## build: the release gateway binary
+build: setup-system
+	cargo build --release -p gateway
+
+## plugins: every crate in plugins/ to target/plugins/<name>.wasm
+plugins:
+	scripts/build-plugins.sh
+
+## test: install what the tests need, then run every test (unit, then end-to-end with real clients)
+test: setup-system setup-test plugins test-unit test-e2e
+
+test-unit:
+	cargo test --workspace
+
+test-e2e:
+	cargo build -p gateway
+	$(VENV)/bin/pytest tests
+
+## lint: formatting and clippy, as CI checks them
+lint: setup-system
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## bench: the load bench (gateway vs calling the mock directly); writes benches/RESULTS.md
+bench: setup-system
+	benches/run-load.sh --write
+
+setup-system:
+	scripts/setup-system.sh
+
+setup-test: $(STAMPS)/venv $(STAMPS)/npm
+
+$(STAMPS)/venv: tests/requirements.txt
+	mkdir -p $(STAMPS)
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+$(STAMPS)/npm: tests/package.json tests/package-lock.json
+	mkdir -p $(STAMPS)
+	cd tests && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	cargo clean
+	rm -rf $(VENV) tests/node_modules plugins/target
