@@ -160,7 +160,7 @@ def claude_bedrock_env(base_url: str, home: str | os.PathLike, **extra: str) -> 
         CLAUDE_CODE_SKIP_BEDROCK_AUTH="1",
         AWS_REGION=REGION,
         ANTHROPIC_AUTH_TOKEN=GW_CREDENTIAL,
-        **extra,
+        **{"CLAUDE_CODE_MAX_RETRIES": "2", **extra},
     )
 
 
@@ -169,8 +169,14 @@ def run_claude(env: dict[str, str], prompt: str = "say hello", timeout: float = 
     if not CLAUDE_BIN.exists():
         raise RuntimeError(f"{CLAUDE_BIN} is missing: run `npm install` in {TESTS}")
     cwd = cwd or env["HOME"]
-    return subprocess.run([str(CLAUDE_BIN), "-p", prompt], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    args = [str(CLAUDE_BIN), "-p", prompt]
+    try:
+        return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:  # keep what it printed, for the failure message
+        def s(x):
+            return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+        return subprocess.CompletedProcess(args, -9, s(e.stdout), s(e.stderr) + f"\n[timed out after {timeout}s]")
 
 
 def claude_failure_text(p: subprocess.CompletedProcess) -> str:

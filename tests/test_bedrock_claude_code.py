@@ -46,3 +46,12 @@ def test_claude_code_colon_model_id_is_forwarded_raw_and_signed(gateway, mock_be
         assert r.model_id_raw == SONNET, "Claude Code sends ':' raw; the gateway must keep it"
         assert r.sig_ok, f"{r.verdict.error_type}: {r.verdict.message}"
     assert_no_leaks()
+
+
+def test_claude_code_shows_the_upstream_throttling_message_unmodified(gateway, mock_bedrock, tmp_path):
+    env = claude_bedrock_env(gateway.base, tmp_path, ANTHROPIC_MODEL="us.anthropic.mock-throttle-v1:0",
+                             CLAUDE_CODE_MAX_RETRIES="0")
+    p = run_claude(env, "say hello", timeout=120)
+    assert p.returncode != 0, claude_failure_text(p)
+    assert "429" in p.stdout and mb.THROTTLE_MESSAGE in p.stdout, claude_failure_text(p)
+    assert mock_bedrock.by_operation("invoke-with-response-stream")[-1].status == 429

@@ -260,3 +260,31 @@ def test_anthropic_sdk_extra_fields_and_betas_reach_bedrock_byte_for_byte(gatewa
     assert got["anthropic_beta"] == ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]
     assert got["x_unknown_future_field"]["unicode"] == "h\u00e9llo \u2603"
     assert list(got) == list(json.loads(body))  # key order too
+
+
+def test_large_body_is_forwarded_byte_for_byte(gateway, mock_bedrock, assert_no_leaks):
+    """Claude Code's bodies are 50-80 KB and grow; try ~2.7 MB with non-ASCII text."""
+    big = json.dumps(anthropic_body("h\u00e9llo w\u00f6rld \u2603 " * 150_000), ensure_ascii=False).encode()
+    assert len(big) > 2_500_000
+    r = raw_request(gateway.url, "POST", f"/bedrock/model/{SONNET_WIRE}/invoke", big, timeout=60)
+    assert r.status == 200, r.body[:500]
+    rec = check_upstream(mock_bedrock, f"/bedrock/model/{SONNET_WIRE}/invoke", "invoke", assert_no_leaks)
+    assert rec.body == big
+
+
+def test_concurrent_streams_all_complete_and_are_signed(gateway, mock_bedrock, assert_no_leaks):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = boto_client("bedrock-runtime", gateway.base)
+
+    def one(i):
+        body = json.dumps(anthropic_body(f"request {i}")).encode()
+        return stream_text(c.invoke_model_with_response_stream(modelId=SONNET, body=body)["body"])
+
+    with ThreadPoolExecutor(8) as ex:
+        texts = list(ex.map(one, range(24)))
+    assert texts == [mb.DEFAULT_ANSWER] * 24
+    recs = mock_bedrock.by_operation("invoke-with-response-stream")
+    assert len(recs) == 24 and all(r.sig_ok for r in recs)
+    assert sorted(json.loads(r.body)["messages"][0]["content"] for r in recs) == sorted(f"request {i}" for i in range(24))
+    assert_no_leaks()

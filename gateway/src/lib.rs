@@ -28,9 +28,13 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod frontdoor;
+pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod server;
+pub mod state;
 pub mod upstream;
 pub mod wire;

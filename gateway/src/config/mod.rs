@@ -38,6 +38,114 @@ pub struct Config {
     /// The upstream providers the gateway may call.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// The plugin pipeline, in the order requests run through it.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// Engine-wide plugin settings.
+    #[serde(default)]
+    pub plugin_runtime: PluginRuntimeConfig,
+    /// The durable audit sink; without it, audit records go to the log.
+    pub audit: Option<crate::audit::AuditConfig>,
+}
+
+/// What happens to a request when a plugin fails (trap, timeout, memory overrun, bad return).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail closed: the request is refused with 503 in the client's protocol.
+    #[default]
+    Deny,
+    /// Skip the plugin and go on.
+    Allow,
+}
+
+/// How plugin instances are shared between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Warm instances lent to one request at a time (globals persist across requests).
+    #[default]
+    Pooled,
+    /// A fresh instance for every request.
+    Request,
+}
+
+/// `[[plugins]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name: in logs, metrics, state-key namespaces and `denied_by`.
+    pub name: String,
+    /// The component (or core module with an embedded component type) to load.
+    pub path: String,
+    /// What a plugin failure does to the request.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Instance sharing.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// A pooled instance is replaced after serving this many requests.
+    #[serde(default = "default_max_requests_per_instance")]
+    pub max_requests_per_instance: u64,
+    /// Linear memory limit per instance.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit: ByteSize,
+    /// CPU time limit per phase call (time spent waiting on host I/O does not count).
+    #[serde(default = "default_plugin_cpu")]
+    pub cpu_limit: HumanDuration,
+    /// Largest string or value a plugin may hand the host in one call.
+    #[serde(default = "default_plugin_return")]
+    pub return_limit: ByteSize,
+    /// Free-form settings handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// `[plugin_runtime]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRuntimeConfig {
+    /// Most plugin instances alive at once, all plugins together (the pooling allocator's size).
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Consecutive failures after which a plugin's breaker opens.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker short-circuits the plugin (applying its `on_error`).
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: HumanDuration,
+}
+
+impl Default for PluginRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: default_max_instances(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_max_requests_per_instance() -> u64 {
+    10_000
+}
+fn default_plugin_memory() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+fn default_plugin_cpu() -> HumanDuration {
+    HumanDuration(Duration::from_millis(5))
+}
+fn default_plugin_return() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_max_instances() -> u32 {
+    1000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 /// `[server]`
@@ -340,6 +448,46 @@ impl Config {
                         );
                     }
                 }
+            }
+        }
+        let mut plugin_names = std::collections::HashSet::new();
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            let at = |key: &str| format!("plugins[{i}].{key}");
+            if plugin.name.is_empty()
+                || !plugin
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                problem(at("name"), format!("`{}` must be letters, digits, `-` or `_`", plugin.name));
+            } else if !plugin_names.insert(plugin.name.as_str()) {
+                problem(at("name"), format!("`{}` is used by another plugin", plugin.name));
+            }
+            if !Path::new(&plugin.path).is_file() {
+                problem(at("path"), format!("no such file: {} (run `make plugins`?)", plugin.path));
+            }
+            if plugin.max_requests_per_instance == 0 {
+                problem(at("max_requests_per_instance"), "must be at least 1".into());
+            }
+            if plugin.memory_limit.0 < 64 * 1024 || plugin.memory_limit.0 > 4 << 30 {
+                problem(at("memory_limit"), "must be between 64KiB and 4GiB".into());
+            }
+            if plugin.cpu_limit.0.is_zero() {
+                problem(at("cpu_limit"), "must be longer than zero".into());
+            }
+            if plugin.return_limit.0 < 1024 {
+                problem(at("return_limit"), "must be at least 1KiB".into());
+            }
+        }
+        if self.plugin_runtime.max_instances == 0 {
+            problem("plugin_runtime.max_instances".into(), "must be at least 1".into());
+        }
+        if let Some(audit) = &self.audit {
+            if audit.path.is_empty() {
+                problem("audit.path".into(), "must not be empty".into());
+            }
+            if audit.max_file_size.0 < 4096 {
+                problem("audit.max_file_size".into(), "must be at least 4KiB".into());
             }
         }
         if !self.backends.iter().any(|b| b.kind == BackendKind::Bedrock) {

@@ -1,0 +1,220 @@
+//! The plugin engine: one wasmtime `Engine` and `Linker` for every plugin, and loading.
+//!
+//! The engine uses the pooling allocator (instance slots, memories and fiber stacks are
+//! reserved up front and reused; memories start from copy-on-write images of their initial
+//! data) and epoch interruption (a ticker thread advances the epoch every millisecond; a store's
+//! callback then compares the guest's CPU time with its budget).
+//!
+//! Loading a plugin: read the file, turn a core module that carries a component type into a
+//! component (`wit-component`), compile, check that it speaks version 1.x of the contract,
+//! link its imports (the contract's host services, and WASI with an empty context), then
+//! instantiate it once and call `init` as a smoke check. Compilation runs on the blocking pool.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::{Plugin, PluginPre};
+use super::host::{HostServices, HostState};
+use super::instance::LoadedPlugin;
+use super::PluginError;
+use crate::config::{PluginConfig, PluginRuntimeConfig};
+
+/// The contract's package; its major version is what the host speaks.
+pub const CONTRACT_PACKAGE: &str = "llm-gateway:plugin";
+/// The contract major version the host speaks.
+pub const CONTRACT_MAJOR: u64 = 1;
+/// How often the epoch advances.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Largest plugin memory the pooling allocator reserves room for.
+const MAX_PLUGIN_MEMORY: usize = 256 * 1024 * 1024;
+
+/// The shared engine every plugin runs on.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    services: Arc<HostServices>,
+    runtime: PluginRuntimeConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginEngine {
+    /// An engine sized by `runtime`, whose plugins reach `services`.
+    pub fn new(runtime: &PluginRuntimeConfig, services: Arc<HostServices>) -> Result<Self, PluginError> {
+        let instances = runtime.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(MAX_PLUGIN_MEMORY)
+            .linear_memory_keep_resident(64 * 1024)
+            .table_keep_resident(4096);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = Arc::clone(&stop_ticker);
+        std::thread::Builder::new()
+            .name("gw-plugin-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Self {
+            engine,
+            linker,
+            services,
+            runtime: runtime.clone(),
+            stop_ticker,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The runtime settings (breaker thresholds).
+    pub fn runtime(&self) -> &PluginRuntimeConfig {
+        &self.runtime
+    }
+
+    /// Compiles component or core-module bytes (off the reactor: call from a blocking thread).
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        let component_bytes;
+        let bytes = if wasmparser::Parser::is_core_wasm(bytes) {
+            component_bytes = wit_component::ComponentEncoder::default()
+                .module(bytes)
+                .and_then(|e| e.validate(true).encode())
+                .map_err(|e| {
+                    PluginError::Invalid(format!(
+                        "a core module that cannot become a component (was it built with the plugin SDK?): {e:#}"
+                    ))
+                })?;
+            &component_bytes[..]
+        } else if wasmparser::Parser::is_component(bytes) {
+            bytes
+        } else {
+            return Err(PluginError::Invalid("not a WebAssembly module or component".into()));
+        };
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        self.check_contract(&component)?;
+        Ok(component)
+    }
+
+    /// Refuses components that do not speak a 1.x contract, with a message naming what they speak.
+    fn check_contract(&self, component: &Component) -> Result<(), PluginError> {
+        let ty = component.component_type();
+        let handler = format!("{CONTRACT_PACKAGE}/handler@");
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let Some(version) = exports.iter().find_map(|n| n.strip_prefix(&handler)) else {
+            return Err(PluginError::WrongWorld(format!(
+                "it does not export {CONTRACT_PACKAGE}/handler (it exports: {})",
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            )));
+        };
+        check_major(version)?;
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
+                if let Some((_, version)) = rest.split_once('@') {
+                    check_major(version)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Links a compiled component against the host services.
+    pub fn link(&self, component: &Component) -> Result<PluginPre<HostState>, PluginError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        PluginPre::new(pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))
+    }
+
+    /// Loads, links and smoke-tests one configured plugin.
+    pub async fn load(self: &Arc<Self>, config: &PluginConfig) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let bytes = tokio::fs::read(&config.path)
+            .await
+            .map_err(|e| PluginError::Io(format!("{}: {e}", config.path)))?;
+        self.load_bytes(config, bytes).await
+    }
+
+    /// Like [`PluginEngine::load`], from bytes already read.
+    pub async fn load_bytes(self: &Arc<Self>, config: &PluginConfig, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let hash = content_hash(&bytes);
+        let this = Arc::clone(self);
+        let component = tokio::task::spawn_blocking(move || this.compile(&bytes))
+            .await
+            .map_err(|e| PluginError::Engine(format!("compilation task failed: {e}")))??;
+        let pre = self.link(&component)?;
+        let plugin = Arc::new(LoadedPlugin::new(Arc::clone(self), Arc::clone(&self.services), config, pre, hash)?);
+        // Instantiate once and run `init`: a plugin that cannot start fails its load, not a request.
+        let instance = plugin.instantiate().await?;
+        plugin.give_back(instance);
+        Ok(plugin)
+    }
+}
+
+fn check_major(version: &str) -> Result<(), PluginError> {
+    let major = version.split('.').next().and_then(|m| m.parse::<u64>().ok());
+    match major {
+        Some(CONTRACT_MAJOR) => Ok(()),
+        _ => Err(PluginError::WrongVersion(format!(
+            "it is built for {CONTRACT_PACKAGE}@{version}; this gateway speaks {CONTRACT_PACKAGE}@{CONTRACT_MAJOR}.x"
+        ))),
+    }
+}
+
+/// The hex SHA-256 of a plugin file: its identity in logs and the admin API.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_major_one_is_spoken() {
+        assert!(check_major("1.0.0").is_ok());
+        assert!(check_major("1.4.2").is_ok());
+        let e = check_major("2.0.0").unwrap_err().to_string();
+        assert!(e.contains("llm-gateway:plugin@2.0.0") && e.contains("1.x"), "{e}");
+        assert!(check_major("x").is_err());
+    }
+}

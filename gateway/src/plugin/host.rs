@@ -1,0 +1,394 @@
+//! The host services a plugin imports, and the per-instance state behind them.
+//!
+//! Each plugin instance owns a wasmtime `Store<HostState>`. While a phase runs, the request's
+//! [`RequestView`] is moved into the store (a pointer move, no copy) so the `request` and
+//! `response` host calls can read and edit it; it is moved out again when the call returns.
+//! No memory is shared between requests: a pooled instance holds no view between calls.
+//!
+//! Every value a plugin hands over is bounded by its `return_limit`; writes are refused
+//! outside the phase that may make them; state keys are prefixed with the plugin's name.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::llm_gateway::plugin::{audit, clock, jwt, log, metrics, request, response, state, types};
+use super::jwt::JwtVerifier;
+use super::view::{Phase, RequestView};
+use crate::audit::AuditSink;
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+
+/// Bytes a plugin may print on stdout/stderr per call before the rest is dropped.
+const STDIO_CAPTURE: usize = 16 * 1024;
+/// Log lines a plugin may write per call; more are counted and dropped.
+const LOG_LINES_PER_CALL: u32 = 32;
+
+/// Services shared by every plugin instance.
+pub struct HostServices {
+    /// Counters and rate windows.
+    pub state: Arc<dyn StateStore>,
+    /// The audit sink.
+    pub audit: AuditSink,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// JWT verification with cached keys.
+    pub jwt: JwtVerifier,
+}
+
+/// What a plugin instance knows about itself.
+#[derive(Debug, Clone)]
+pub struct PluginIdentity {
+    /// The configured name.
+    pub name: Arc<str>,
+    /// The largest value it may hand over in one call.
+    pub return_limit: usize,
+}
+
+/// The data of one plugin instance's store.
+pub struct HostState {
+    pub(super) plugin: PluginIdentity,
+    pub(super) services: Arc<HostServices>,
+    pub(super) view: Option<Box<RequestView>>,
+    pub(super) limits: StoreLimits,
+    /// When the current call started, and how long it has waited on host I/O since: the
+    /// difference is the guest's CPU time, which the epoch callback checks.
+    pub(super) call_started: Instant,
+    pub(super) host_wait: Duration,
+    /// The CPU budget of the current call.
+    pub(super) budget: Duration,
+    pub(super) log_lines: u32,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl HostState {
+    /// Fresh state for a new instance of `plugin`.
+    pub fn new(plugin: PluginIdentity, services: Arc<HostServices>, limits: StoreLimits) -> Self {
+        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
+        // WASI with nothing in it: no files, no environment, no network, no clock skew tricks
+        // beyond what the contract's own clock gives. Output is captured and logged.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        Self {
+            plugin,
+            services,
+            view: None,
+            limits,
+            call_started: Instant::now(),
+            host_wait: Duration::ZERO,
+            budget: Duration::from_millis(5),
+            log_lines: 0,
+            wasi,
+            table: ResourceTable::new(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Guest CPU time of the current call so far.
+    pub(super) fn guest_time(&self) -> Duration {
+        self.call_started.elapsed().saturating_sub(self.host_wait)
+    }
+
+    /// Starts timing a call.
+    pub(super) fn begin_call(&mut self) {
+        self.call_started = Instant::now();
+        self.host_wait = Duration::ZERO;
+        self.log_lines = 0;
+    }
+
+    /// Logs what the plugin printed on stdout/stderr during the call. Costs one lock per
+    /// pipe when nothing was printed, which is the common case.
+    pub(super) fn drain_stdio(&mut self) {
+        let mut printed = false;
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            if !bytes.is_empty() {
+                printed = true;
+                for line in String::from_utf8_lossy(&bytes).lines().take(LOG_LINES_PER_CALL as usize) {
+                    tracing::info!(target: "gateway::plugin", plugin = %self.plugin.name, stream, "{line}");
+                }
+            }
+        }
+        if printed {
+            // Start the next call with empty pipes.
+            self.stdout = MemoryOutputPipe::new(STDIO_CAPTURE);
+            self.stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
+            self.wasi = wasmtime_wasi::WasiCtxBuilder::new()
+                .stdout(self.stdout.clone())
+                .stderr(self.stderr.clone())
+                .build();
+        }
+    }
+
+    fn view(&mut self) -> wasmtime::Result<&mut RequestView> {
+        self.view
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("request accessors are only valid during a phase call"))
+    }
+
+    fn check_size(&self, what: &str, len: usize) -> Result<(), String> {
+        if len > self.plugin.return_limit {
+            Err(format!("{what} is {len} bytes, over the plugin's limit of {}", self.plugin.return_limit))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn state_key(&self, key: &str) -> String {
+        format!("{}:{key}", self.plugin.name)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl request::Host for HostState {
+    fn method(&mut self) -> wasmtime::Result<String> {
+        Ok(self.view()?.method.clone())
+    }
+
+    fn path(&mut self) -> wasmtime::Result<String> {
+        Ok(self.view()?.path.clone())
+    }
+
+    fn front_door(&mut self) -> wasmtime::Result<types::FrontDoor> {
+        Ok(self.view()?.front_door_wit())
+    }
+
+    fn operation(&mut self) -> wasmtime::Result<types::Operation> {
+        Ok(self.view()?.operation_wit())
+    }
+
+    fn model(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.model.clone())
+    }
+
+    fn set_model(&mut self, model: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = self.check_size("model", model.len()) {
+            return Ok(Err(e));
+        }
+        let name = self.plugin.name.clone();
+        Ok(self.view()?.set_model(&name, model))
+    }
+
+    fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.header(&name))
+    }
+
+    fn headers(&mut self) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(self.view()?.request_headers())
+    }
+
+    fn set_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = self.check_size("header", name.len() + value.len()) {
+            return Ok(Err(e));
+        }
+        Ok(self.view()?.set_request_header(&name, &value))
+    }
+
+    fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
+        self.view()?.remove_request_header(&name);
+        Ok(())
+    }
+
+    fn client_address(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.client_address.clone())
+    }
+
+    fn request_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.view()?.request_id.clone())
+    }
+
+    fn principal(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.principal.clone())
+    }
+
+    fn team(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.team.clone())
+    }
+
+    fn set_identity(&mut self, principal: String, team: Option<String>) -> wasmtime::Result<Result<(), String>> {
+        let len = principal.len() + team.as_ref().map_or(0, String::len);
+        if let Err(e) = self.check_size("identity", len) {
+            return Ok(Err(e));
+        }
+        let view = self.view()?;
+        if view.phase != Phase::Request {
+            return Ok(Err("the identity can only be set in on-request".into()));
+        }
+        view.principal = Some(principal);
+        view.team = team;
+        Ok(Ok(()))
+    }
+
+    fn metadata(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.metadata.get(&key).cloned())
+    }
+
+    fn set_metadata(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = self.check_size("metadata", key.len() + value.len()) {
+            return Ok(Err(e));
+        }
+        let view = self.view()?;
+        if view.phase != Phase::Request {
+            return Ok(Err("metadata can only be set in on-request".into()));
+        }
+        if view.metadata.len() >= 64 && !view.metadata.contains_key(&key) {
+            return Ok(Err("a request carries at most 64 metadata entries".into()));
+        }
+        view.metadata.insert(key, value);
+        Ok(Ok(()))
+    }
+
+    fn body_json(&mut self, pointer: String) -> wasmtime::Result<Option<String>> {
+        let limit = self.plugin.return_limit.max(1024 * 1024);
+        Ok(self.view()?.body_json(&pointer, limit))
+    }
+}
+
+impl response::Host for HostState {
+    fn status(&mut self) -> wasmtime::Result<u16> {
+        Ok(self.view()?.response_status())
+    }
+
+    fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.view()?.response_header(&name))
+    }
+
+    fn headers(&mut self) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(self.view()?.response_headers())
+    }
+
+    fn set_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = self.check_size("header", name.len() + value.len()) {
+            return Ok(Err(e));
+        }
+        Ok(self.view()?.set_response_header(&name, &value))
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            return Ok(());
+        }
+        let message: String = message.chars().take(4096).collect();
+        let plugin = &*self.plugin.name;
+        let request_id = self.view.as_ref().map(|v| v.request_id.as_str()).unwrap_or("-");
+        match level {
+            types::LogLevel::Trace => tracing::trace!(target: "gateway::plugin", plugin, request_id, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(target: "gateway::plugin", plugin, request_id, "{message}"),
+            types::LogLevel::Info => tracing::info!(target: "gateway::plugin", plugin, request_id, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(target: "gateway::plugin", plugin, request_id, "{message}"),
+            types::LogLevel::Error => tracing::error!(target: "gateway::plugin", plugin, request_id, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl clock::Host for HostState {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0))
+    }
+}
+
+impl state::Host for HostState {
+    async fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<Result<i64, String>> {
+        if let Err(e) = self.check_size("key", key.len()) {
+            return Ok(Err(e));
+        }
+        let key = self.state_key(&key);
+        let started = Instant::now();
+        let r = self.services.state.incr(&key, delta, Duration::from_millis(ttl_ms)).await;
+        self.host_wait += started.elapsed();
+        Ok(r.map_err(|e| e.to_string()))
+    }
+
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<i64>, String>> {
+        let key = self.state_key(&key);
+        let started = Instant::now();
+        let r = self.services.state.get(&key).await;
+        self.host_wait += started.elapsed();
+        Ok(r.map_err(|e| e.to_string()))
+    }
+
+    async fn check_rate(&mut self, key: String, limit: u64, window_ms: u64, cost: u64) -> wasmtime::Result<Result<state::RateCheck, String>> {
+        if let Err(e) = self.check_size("key", key.len()) {
+            return Ok(Err(e));
+        }
+        if window_ms == 0 {
+            return Ok(Err("window-ms must be larger than zero".into()));
+        }
+        let key = self.state_key(&key);
+        let started = Instant::now();
+        let r = self.services.state.check_rate(&key, limit, Duration::from_millis(window_ms), cost).await;
+        self.host_wait += started.elapsed();
+        Ok(r.map(|c| state::RateCheck {
+            allowed: c.allowed,
+            remaining: c.remaining,
+            retry_after_ms: c.retry_after.as_millis() as u64,
+        })
+        .map_err(|e| e.to_string()))
+    }
+}
+
+impl jwt::Host for HostState {
+    async fn verify(&mut self, token: String, key: jwt::Key, validation: jwt::Validation) -> wasmtime::Result<Result<Vec<jwt::Claim>, String>> {
+        if let Err(e) = self.check_size("token", token.len()) {
+            return Ok(Err(e));
+        }
+        let started = Instant::now();
+        let r = self.services.jwt.verify(&token, key, validation).await;
+        self.host_wait += started.elapsed();
+        Ok(r)
+    }
+}
+
+impl audit::Host for HostState {
+    fn emit(&mut self, record: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = self.check_size("audit record", record.len()) {
+            return Ok(Err(e));
+        }
+        match serde_json::from_str::<serde_json::Value>(&record) {
+            Ok(serde_json::Value::Object(_)) => {
+                self.services.audit.emit_line(record);
+                Ok(Ok(()))
+            }
+            Ok(_) => Ok(Err("an audit record must be a JSON object".into())),
+            Err(e) => Ok(Err(format!("an audit record must be JSON: {e}"))),
+        }
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.services.metrics.plugin_counter_add(&self.plugin.name, &name, &labels, value))
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.services.metrics.plugin_gauge_set(&self.plugin.name, &name, &labels, value))
+    }
+}

@@ -1,0 +1,335 @@
+//! Loaded plugins, their instances, and the calls into them.
+//!
+//! A [`LoadedPlugin`] is one plugin version: its linked `PluginPre`, its settings and a pool
+//! of warm instances. A [`PluginInstance`] is a store plus the instantiated component, lent to
+//! one request at a time. Every call moves the request's view into the store, sets the CPU
+//! budget, calls the export, moves the view back, and classifies what went wrong if anything
+//! did. An instance that failed is never reused.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+
+use super::bindings::{types, Plugin, PluginPre};
+use super::engine::PluginEngine;
+use super::host::{HostServices, HostState, PluginIdentity};
+use super::view::RequestView;
+use super::{FailureKind, PluginError, PluginFailure};
+use crate::config::{Isolation, OnError, PluginConfig};
+
+/// Warm instances kept per plugin; more returned at once are dropped.
+const MAX_IDLE_INSTANCES: usize = 64;
+/// `init` may use this many times the per-call CPU budget.
+const INIT_BUDGET_FACTOR: u32 = 20;
+
+/// The error a store's epoch callback raises when the guest used up its CPU budget.
+#[derive(Debug)]
+struct CpuBudgetExceeded;
+
+impl std::fmt::Display for CpuBudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CPU time budget exceeded")
+    }
+}
+
+impl std::error::Error for CpuBudgetExceeded {}
+
+/// One plugin version, ready to instantiate.
+pub struct LoadedPlugin {
+    /// Its configured name.
+    pub name: Arc<str>,
+    /// SHA-256 of its file.
+    pub content_hash: String,
+    /// What a failure does to the request.
+    pub on_error: OnError,
+    /// Instance sharing.
+    pub isolation: Isolation,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
+    engine: Arc<PluginEngine>,
+    services: Arc<HostServices>,
+    pre: PluginPre<HostState>,
+    config_json: String,
+    memory_limit: usize,
+    cpu_limit: Duration,
+    return_limit: usize,
+    max_requests_per_instance: u64,
+    idle: Mutex<Vec<PluginInstance>>,
+    breaker: Breaker,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("name", &self.name).field("hash", &self.content_hash).finish()
+    }
+}
+
+/// An instance of a plugin: its store and exports.
+pub struct PluginInstance {
+    store: Store<HostState>,
+    bindings: Plugin,
+    uses: u64,
+}
+
+impl LoadedPlugin {
+    pub(super) fn new(
+        engine: Arc<PluginEngine>,
+        services: Arc<HostServices>,
+        config: &PluginConfig,
+        pre: PluginPre<HostState>,
+        content_hash: String,
+    ) -> Result<Self, PluginError> {
+        let config_json = serde_json::to_string(&config.config)
+            .map_err(|e| PluginError::Init(format!("the plugin's config is not representable as JSON: {e}")))?;
+        Ok(Self {
+            name: config.name.as_str().into(),
+            content_hash,
+            on_error: config.on_error,
+            isolation: config.isolation,
+            loaded_at: std::time::SystemTime::now(),
+            engine,
+            services,
+            pre,
+            config_json,
+            memory_limit: config.memory_limit.0 as usize,
+            cpu_limit: config.cpu_limit.0,
+            return_limit: config.return_limit.0 as usize,
+            max_requests_per_instance: config.max_requests_per_instance,
+            idle: Mutex::new(Vec::new()),
+            breaker: Breaker::default(),
+        })
+    }
+
+    /// A fresh instance with `init` already called.
+    pub async fn instantiate(&self) -> Result<PluginInstance, PluginError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .memories(4)
+            .tables(16)
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let identity = PluginIdentity { name: Arc::clone(&self.name), return_limit: self.return_limit };
+        let mut store = Store::new(self.engine.engine(), HostState::new(identity, Arc::clone(&self.services), limits));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            if state.guest_time() > state.budget {
+                Err(CpuBudgetExceeded.into())
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        });
+        store.data_mut().budget = self.cpu_limit * INIT_BUDGET_FACTOR;
+        store.data_mut().begin_call();
+        store.set_epoch_deadline(1);
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| PluginError::Init(format!("instantiation failed: {e:#}")))?;
+        let init = bindings.llm_gateway_plugin_handler().call_init(&mut store, &self.config_json).await;
+        store.data_mut().drain_stdio();
+        match init {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(PluginError::Init(format!("init refused its config: {message}"))),
+            Err(e) => return Err(PluginError::Init(format!("init failed: {}", classify(&e).message))),
+        }
+        store.data_mut().budget = self.cpu_limit;
+        Ok(PluginInstance { store, bindings, uses: 0 })
+    }
+
+    /// An instance for one request: a warm one in pooled mode, a fresh one otherwise.
+    pub async fn checkout(&self) -> Result<PluginInstance, PluginFailure> {
+        if self.isolation == Isolation::Pooled {
+            if let Some(instance) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+                return Ok(instance);
+            }
+        }
+        self.instantiate().await.map_err(|e| PluginFailure { kind: FailureKind::Instantiate, message: e.to_string() })
+    }
+
+    /// Returns an instance after a request: kept warm in pooled mode unless worn out.
+    pub fn give_back(&self, mut instance: PluginInstance) {
+        instance.uses += 1;
+        if self.isolation != Isolation::Pooled || instance.uses >= self.max_requests_per_instance {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push(instance);
+            }
+        }
+    }
+
+    /// Whether a call may be made, or the breaker is open.
+    pub fn breaker_allows(&self) -> bool {
+        self.breaker.allows()
+    }
+
+    /// Records the result of a call for the breaker.
+    pub fn record(&self, ok: bool) {
+        if ok {
+            self.breaker.success(&self.name);
+        } else {
+            let runtime = self.engine.runtime();
+            self.breaker.failure(&self.name, runtime.breaker_failures, runtime.breaker_cooldown.0);
+        }
+    }
+
+    /// The largest value the plugin may hand over.
+    pub fn return_limit(&self) -> usize {
+        self.return_limit
+    }
+
+    fn observe(&self, phase: &'static str, started: Instant, result: &'static str) {
+        let m = &self.services.metrics;
+        m.plugin_calls.with_label_values(&[&self.name, phase, result]).inc();
+        m.plugin_call_seconds.with_label_values(&[&self.name, phase]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl PluginInstance {
+    fn begin(&mut self, view: Box<RequestView>) {
+        let state = self.store.data_mut();
+        state.view = Some(view);
+        state.begin_call();
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn end(&mut self) -> Box<RequestView> {
+        let state = self.store.data_mut();
+        state.drain_stdio();
+        state.view.take().expect("the view was moved in by begin()")
+    }
+
+    /// Calls `on-request`.
+    pub async fn on_request(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>) -> (Box<RequestView>, Result<types::Decision, PluginFailure>) {
+        let started = Instant::now();
+        self.begin(view);
+        let result = self.bindings.llm_gateway_plugin_handler().call_on_request(&mut self.store).await;
+        let view = self.end();
+        let result = match result {
+            Ok(types::Decision::Deny(d)) if d.message.len() > plugin.return_limit() => Err(PluginFailure {
+                kind: FailureKind::Oversized,
+                message: format!("its denial message is {} bytes, over the limit of {}", d.message.len(), plugin.return_limit()),
+            }),
+            Ok(types::Decision::Deny(d)) if !(400..=599).contains(&d.status) => Err(PluginFailure {
+                kind: FailureKind::Invalid,
+                message: format!("it denied with status {}, outside 400-599", d.status),
+            }),
+            Ok(decision) => Ok(decision),
+            Err(e) => Err(classify(&e)),
+        };
+        plugin.observe("on_request", started, result_label(&result));
+        (view, result)
+    }
+
+    /// Calls `on-response`.
+    pub async fn on_response(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>) -> (Box<RequestView>, Result<(), PluginFailure>) {
+        let started = Instant::now();
+        self.begin(view);
+        let result = self.bindings.llm_gateway_plugin_handler().call_on_response(&mut self.store).await;
+        let view = self.end();
+        let result = result.map_err(|e| classify(&e));
+        plugin.observe("on_response", started, result_label(&result));
+        (view, result)
+    }
+
+    /// Calls `on-complete`.
+    pub async fn on_complete(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>, completion: &types::Completion) -> (Box<RequestView>, Result<(), PluginFailure>) {
+        let started = Instant::now();
+        self.begin(view);
+        let result = self.bindings.llm_gateway_plugin_handler().call_on_complete(&mut self.store, completion).await;
+        let view = self.end();
+        let result = result.map_err(|e| classify(&e));
+        plugin.observe("on_complete", started, result_label(&result));
+        (view, result)
+    }
+}
+
+fn result_label<T>(r: &Result<T, PluginFailure>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(f) => f.kind.as_str(),
+    }
+}
+
+/// Sorts a wasmtime error into what the operator needs to know.
+fn classify(e: &wasmtime::Error) -> PluginFailure {
+    if e.downcast_ref::<CpuBudgetExceeded>().is_some() {
+        return PluginFailure { kind: FailureKind::Timeout, message: "it ran past its CPU time limit".into() };
+    }
+    let text = format!("{e:#}");
+    let kind = if text.contains("grow") && text.contains("memory") || text.contains("memory") && text.contains("limit") {
+        FailureKind::Memory
+    } else {
+        FailureKind::Trap
+    };
+    let message = match kind {
+        FailureKind::Memory => format!("it went over its memory limit ({text})"),
+        _ => format!("it trapped: {text}"),
+    };
+    PluginFailure { kind, message }
+}
+
+/// Opens after `threshold` consecutive failures and short-circuits the plugin for `cooldown`.
+#[derive(Default)]
+struct Breaker {
+    consecutive: AtomicU32,
+    open_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    fn allows(&self) -> bool {
+        match self.open_until.lock().ok().and_then(|o| *o) {
+            Some(until) => Instant::now() >= until,
+            None => true,
+        }
+    }
+
+    fn success(&self, name: &str) {
+        if self.consecutive.swap(0, Ordering::Relaxed) > 0 {
+            if let Ok(mut open) = self.open_until.lock() {
+                if open.take().is_some() {
+                    tracing::warn!(target: "gateway::plugin", plugin = name, "breaker closed: the plugin works again");
+                }
+            }
+        }
+    }
+
+    fn failure(&self, name: &str, threshold: u32, cooldown: Duration) {
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold.max(1) {
+            if let Ok(mut open) = self.open_until.lock() {
+                let was_open = open.is_some_and(|t| Instant::now() < t);
+                *open = Some(Instant::now() + cooldown);
+                if !was_open {
+                    tracing::error!(target: "gateway::plugin", plugin = name, failures = n, cooldown_s = cooldown.as_secs_f64(), "breaker open: the plugin keeps failing; applying its on_error policy without calling it");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_threshold_and_closes_on_success() {
+        let b = Breaker::default();
+        for _ in 0..2 {
+            b.failure("p", 3, Duration::from_secs(60));
+            assert!(b.allows());
+        }
+        b.failure("p", 3, Duration::from_secs(60));
+        assert!(!b.allows());
+        b.success("p");
+        assert!(b.allows());
+        b.failure("p", 1, Duration::ZERO);
+        assert!(b.allows(), "a zero cooldown lets the next call through at once");
+    }
+}

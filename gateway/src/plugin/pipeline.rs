@@ -1,0 +1,233 @@
+//! The pipeline: plugins in configured order, and one request's run through them.
+//!
+//! `on-request` runs plugin by plugin until one denies. `on-response` runs for every plugin
+//! that ran `on-request`. `on-complete` runs for those same plugins after the request is over,
+//! on the background runtime so it never delays the client; their instances go back to the
+//! pool afterwards. A plugin failure (trap, timeout, memory, bad return) is logged with the
+//! plugin's name and then handled by its `on_error`: `deny` fails the request closed (503),
+//! `allow` skips the plugin. A failed instance is discarded, never reused.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::bindings::types;
+use super::instance::{LoadedPlugin, PluginInstance};
+use super::view::{Phase, RequestView, ResponseView};
+use super::{FailureKind, PluginFailure};
+use crate::config::OnError;
+
+/// A request refused by a plugin (or by a failing plugin whose `on_error` is `deny`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The plugin that decided.
+    pub plugin: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Message for the client.
+    pub message: String,
+    /// `retry-after` seconds.
+    pub retry_after: Option<u32>,
+}
+
+/// Plugins in the order requests run through them.
+pub struct Pipeline {
+    plugins: Vec<Arc<LoadedPlugin>>,
+    completions: Arc<Completions>,
+    background: tokio::runtime::Handle,
+}
+
+/// Counts `on-complete` runs still under way, so shutdown can wait for them.
+#[derive(Default)]
+pub struct Completions {
+    pending: AtomicUsize,
+}
+
+impl Completions {
+    /// Waits (polling, from a plain thread) until no `on-complete` run is pending or `timeout` passes.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+impl Pipeline {
+    /// A pipeline of `plugins`, running `on-complete` on `background`.
+    pub fn new(plugins: Vec<Arc<LoadedPlugin>>, completions: Arc<Completions>, background: tokio::runtime::Handle) -> Self {
+        Self { plugins, completions, background }
+    }
+
+    /// The plugins, in order.
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// Whether there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Starts a request's run.
+    pub fn start(self: &Arc<Self>, view: Box<RequestView>) -> PipelineRun {
+        PipelineRun {
+            pipeline: Arc::clone(self),
+            instances: Vec::with_capacity(self.plugins.len()),
+            view: Some(view),
+            denied_by: None,
+        }
+    }
+}
+
+/// One request's run through the pipeline.
+pub struct PipelineRun {
+    pipeline: Arc<Pipeline>,
+    /// For each plugin that ran `on-request`, its instance (none if it failed or was skipped).
+    instances: Vec<Option<PluginInstance>>,
+    view: Option<Box<RequestView>>,
+    denied_by: Option<String>,
+}
+
+impl PipelineRun {
+    /// The request as the plugins left it.
+    pub fn view(&self) -> &RequestView {
+        self.view.as_deref().expect("the view is only out during a call")
+    }
+
+    /// The plugin that denied the request, if one did.
+    pub fn denied_by(&self) -> Option<&str> {
+        self.denied_by.as_deref()
+    }
+
+    /// Runs `on-request` through the plugins in order, stopping at the first denial.
+    pub async fn on_request(&mut self) -> Result<(), Denial> {
+        let pipeline = Arc::clone(&self.pipeline);
+        for plugin in pipeline.plugins.iter() {
+            if !plugin.breaker_allows() {
+                self.instances.push(None);
+                let failure = PluginFailure { kind: FailureKind::BreakerOpen, message: "its breaker is open".into() };
+                self.fail(plugin, "on_request", &failure)?;
+                continue;
+            }
+            let mut instance = match plugin.checkout().await {
+                Ok(i) => i,
+                Err(failure) => {
+                    self.instances.push(None);
+                    plugin.record(false);
+                    self.fail(plugin, "on_request", &failure)?;
+                    continue;
+                }
+            };
+            let view = self.view.take().expect("view present between calls");
+            let (view, result) = instance.on_request(plugin, view).await;
+            self.view = Some(view);
+            match result {
+                Ok(decision) => {
+                    plugin.record(true);
+                    self.instances.push(Some(instance));
+                    if let types::Decision::Deny(d) = decision {
+                        self.denied_by = Some(plugin.name.to_string());
+                        return Err(Denial {
+                            plugin: plugin.name.to_string(),
+                            status: d.status,
+                            message: d.message,
+                            retry_after: d.retry_after_seconds,
+                        });
+                    }
+                }
+                Err(failure) => {
+                    // The instance is dropped: a plugin that failed is never reused.
+                    self.instances.push(None);
+                    plugin.record(false);
+                    self.fail(plugin, "on_request", &failure)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs a failure and applies the plugin's `on_error`.
+    fn fail(&mut self, plugin: &LoadedPlugin, phase: &str, failure: &PluginFailure) -> Result<(), Denial> {
+        let request_id = self.view.as_ref().map(|v| v.request_id.clone()).unwrap_or_default();
+        tracing::warn!(
+            target: "gateway::plugin",
+            plugin = %plugin.name,
+            phase,
+            failure = failure.kind.as_str(),
+            on_error = ?plugin.on_error,
+            request_id = %request_id,
+            "plugin failed: {}",
+            failure.message
+        );
+        match plugin.on_error {
+            OnError::Allow => Ok(()),
+            OnError::Deny => {
+                self.denied_by = Some(plugin.name.to_string());
+                Err(Denial {
+                    plugin: plugin.name.to_string(),
+                    status: 503,
+                    message: format!("the gateway's {} plugin is unavailable", plugin.name),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// Runs `on-response` for the plugins that ran `on-request`, and returns the headers they
+    /// set for the client.
+    pub async fn on_response(&mut self, status: u16, headers: &http::HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        {
+            let view = self.view.as_mut().expect("view present between calls");
+            view.phase = Phase::Response;
+            view.response = Some(ResponseView { status, headers: headers.clone(), set: Vec::new() });
+        }
+        let pipeline = Arc::clone(&self.pipeline);
+        for (plugin, slot) in pipeline.plugins.iter().zip(self.instances.iter_mut()) {
+            let Some(instance) = slot.as_mut() else { continue };
+            let view = self.view.take().expect("view present between calls");
+            let (view, result) = instance.on_response(plugin, view).await;
+            self.view = Some(view);
+            if let Err(failure) = result {
+                plugin.record(false);
+                *slot = None;
+                tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_response", failure = failure.kind.as_str(), "plugin failed; its response changes are skipped: {}", failure.message);
+            }
+        }
+        let view = self.view.as_mut().expect("view present between calls");
+        view.response.as_mut().map(|r| std::mem::take(&mut r.set)).unwrap_or_default()
+    }
+
+    /// Hands the completion to every plugin that ran, off the client's path, then returns the
+    /// instances to their pools.
+    pub fn complete(mut self, completion: types::Completion) {
+        let pipeline = Arc::clone(&self.pipeline);
+        let completions = Arc::clone(&pipeline.completions);
+        completions.pending.fetch_add(1, Ordering::AcqRel);
+        let Some(mut view) = self.view.take() else {
+            completions.pending.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
+        let instances = std::mem::take(&mut self.instances);
+        pipeline.background.clone().spawn(async move {
+            view.phase = Phase::Complete;
+            for (plugin, instance) in pipeline.plugins.iter().zip(instances) {
+                let Some(mut instance) = instance else { continue };
+                let (back, result) = instance.on_complete(plugin, view, &completion).await;
+                view = back;
+                match result {
+                    Ok(()) => plugin.give_back(instance),
+                    Err(failure) => {
+                        plugin.record(false);
+                        tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_complete", failure = failure.kind.as_str(), request_id = %view.request_id, "plugin failed: {}", failure.message);
+                    }
+                }
+            }
+            completions.pending.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}

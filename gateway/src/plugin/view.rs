@@ -1,0 +1,286 @@
+//! [`RequestView`]: the request (and later its response) as plugins see and edit it.
+//!
+//! The view is built once per request, moved into each plugin's store for the duration of a
+//! phase call and moved back out. Edits land directly in it (headers, model, identity,
+//! metadata); the proxy reads the result after the pipeline has run. The JSON body is parsed
+//! only when a plugin first asks for it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::bindings::types;
+use crate::frontdoor::{FrontDoor, Operation};
+use crate::upstream::forwards_request_header;
+
+/// Which phase is running (writes are only allowed in some).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `on-request`: the request may be changed.
+    Request,
+    /// `on-response`: response headers may be changed.
+    Response,
+    /// `on-complete`: read-only.
+    Complete,
+}
+
+/// The upstream answer's head, as plugins see it.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseView {
+    /// Status (0 when there was no answer).
+    pub status: u16,
+    /// Headers, with plugins' edits applied.
+    pub headers: HeaderMap,
+    /// Headers plugins set, to apply to the client's response.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One request as the plugin pipeline sees it.
+#[derive(Debug)]
+pub struct RequestView {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query as the client sent them.
+    pub path: String,
+    /// Front door.
+    pub front_door: FrontDoor,
+    /// Operation.
+    pub operation: Operation,
+    /// Model ID, after any rewrite.
+    pub model: Option<String>,
+    /// The plugin that rewrote the model, if one did.
+    pub model_rewritten_by: Option<String>,
+    /// Request headers, with plugins' edits applied (these are what goes upstream, after the
+    /// gateway's own filtering).
+    pub headers: HeaderMap,
+    /// Client IP address.
+    pub client_address: Option<String>,
+    /// The request ID.
+    pub request_id: String,
+    /// Authenticated principal.
+    pub principal: Option<String>,
+    /// The principal's team.
+    pub team: Option<String>,
+    /// Metadata for later plugins and the audit record.
+    pub metadata: BTreeMap<String, String>,
+    /// The running phase.
+    pub phase: Phase,
+    /// The upstream answer, once it arrived.
+    pub response: Option<ResponseView>,
+    body: Bytes,
+    body_json: Option<Option<serde_json::Value>>,
+}
+
+impl RequestView {
+    /// A view of a request about to run through the pipeline.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        method: String,
+        path: String,
+        front_door: FrontDoor,
+        operation: Operation,
+        model: Option<String>,
+        headers: HeaderMap,
+        client_address: Option<String>,
+        request_id: String,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            front_door,
+            operation,
+            model,
+            model_rewritten_by: None,
+            headers,
+            client_address,
+            request_id,
+            principal: None,
+            team: None,
+            metadata: BTreeMap::new(),
+            phase: Phase::Request,
+            response: None,
+            body,
+            body_json: None,
+        }
+    }
+
+    /// The request body (never copied into a plugin unless it asks through `body-json`).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    pub(super) fn front_door_wit(&self) -> types::FrontDoor {
+        match self.front_door {
+            FrontDoor::Bedrock => types::FrontDoor::Bedrock,
+        }
+    }
+
+    pub(super) fn operation_wit(&self) -> types::Operation {
+        match self.operation {
+            Operation::Invoke => types::Operation::Invoke,
+            Operation::InvokeStream => types::Operation::Stream,
+            Operation::Converse => types::Operation::Converse,
+            Operation::ConverseStream => types::Operation::ConverseStream,
+            Operation::CountTokens => types::Operation::CountTokens,
+            Operation::ControlPlane => types::Operation::ControlPlane,
+        }
+    }
+
+    pub(super) fn set_model(&mut self, plugin: &str, model: String) -> Result<(), String> {
+        if self.phase != Phase::Request {
+            return Err("the model can only be rewritten in on-request".into());
+        }
+        if self.model.is_none() {
+            return Err("this operation names no model".into());
+        }
+        if model.is_empty() || model.len() > 2048 || model.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("a model ID has 1 to 2048 characters, none of them spaces or control characters".into());
+        }
+        self.model = Some(model);
+        self.model_rewritten_by = Some(plugin.to_string());
+        Ok(())
+    }
+
+    pub(super) fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name.to_ascii_lowercase().as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    pub(super) fn request_headers(&self) -> Vec<types::Header> {
+        to_wit_headers(&self.headers)
+    }
+
+    pub(super) fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if self.phase != Phase::Request {
+            return Err("request headers can only be set in on-request".into());
+        }
+        let (name, value) = parse_header(name, value)?;
+        if !forwards_request_header(name.as_str()) {
+            return Err(format!("`{name}` is managed by the gateway and cannot be set"));
+        }
+        self.headers.insert(name, value);
+        Ok(())
+    }
+
+    pub(super) fn remove_request_header(&mut self, name: &str) {
+        if self.phase == Phase::Request {
+            self.headers.remove(name.to_ascii_lowercase().as_str());
+        }
+    }
+
+    pub(super) fn body_json(&mut self, pointer: &str, limit: usize) -> Option<String> {
+        let body = &self.body;
+        let parsed = self
+            .body_json
+            .get_or_insert_with(|| serde_json::from_slice::<serde_json::Value>(body).ok());
+        let value = parsed.as_ref()?.pointer(pointer)?;
+        let text = value.to_string();
+        (text.len() <= limit).then_some(text)
+    }
+
+    pub(super) fn response_status(&self) -> u16 {
+        self.response.as_ref().map_or(0, |r| r.status)
+    }
+
+    pub(super) fn response_header(&self, name: &str) -> Option<String> {
+        self.response
+            .as_ref()?
+            .headers
+            .get(name.to_ascii_lowercase().as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    pub(super) fn response_headers(&self) -> Vec<types::Header> {
+        self.response
+            .as_ref()
+            .map(|r| to_wit_headers(&r.headers))
+            .unwrap_or_default()
+    }
+
+    pub(super) fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if self.phase != Phase::Response {
+            return Err("response headers can only be set in on-response".into());
+        }
+        let (name, value) = parse_header(name, value)?;
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "content-type" | "x-request-id") {
+            return Err(format!("`{name}` is managed by the gateway and cannot be set"));
+        }
+        let Some(response) = self.response.as_mut() else {
+            return Err("there is no response".into());
+        };
+        response.headers.insert(name.clone(), value.clone());
+        response.set.push((name, value));
+        Ok(())
+    }
+}
+
+fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))?;
+    let value = HeaderValue::from_str(value).map_err(|_| format!("the value for `{name}` is not a valid header value"))?;
+    Ok((name, value))
+}
+
+fn to_wit_headers(headers: &HeaderMap) -> Vec<types::Header> {
+    headers
+        .iter()
+        .filter_map(|(n, v)| {
+            v.to_str().ok().map(|v| types::Header {
+                name: n.as_str().to_string(),
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> RequestView {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        RequestView::new(
+            "POST".into(),
+            "/bedrock/model/m/invoke".into(),
+            FrontDoor::Bedrock,
+            Operation::Invoke,
+            Some("m".into()),
+            h,
+            Some("10.0.0.1".into()),
+            "rid".into(),
+            Bytes::from_static(br#"{"max_tokens":100,"messages":[{"role":"user"}]}"#),
+        )
+    }
+
+    #[test]
+    fn body_json_by_pointer_is_parsed_once_and_bounded() {
+        let mut v = view();
+        assert_eq!(v.body_json("/max_tokens", 1000).as_deref(), Some("100"));
+        assert_eq!(v.body_json("/messages/0/role", 1000).as_deref(), Some("\"user\""));
+        assert_eq!(v.body_json("/nope", 1000), None);
+        assert_eq!(v.body_json("", 5), None);
+    }
+
+    #[test]
+    fn writes_are_phase_bound_and_credentials_protected() {
+        let mut v = view();
+        assert!(v.set_request_header("x-team", "a").is_ok());
+        assert!(v.set_request_header("authorization", "Bearer y").is_err());
+        assert!(v.set_request_header("x-amz-date", "1").is_err());
+        assert!(v.set_model("p", "other".into()).is_ok());
+        assert_eq!(v.model_rewritten_by.as_deref(), Some("p"));
+        v.phase = Phase::Response;
+        assert!(v.set_request_header("x-team", "b").is_err());
+        assert!(v.set_model("p", "x".into()).is_err());
+        assert!(v.set_response_header("x-a", "1").is_err(), "no response yet");
+        v.response = Some(ResponseView { status: 200, ..Default::default() });
+        assert!(v.set_response_header("x-a", "1").is_ok());
+        assert!(v.set_response_header("content-length", "1").is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Host calls as component imports (`wasm32`).
+//!
+//! `bindings` is generated from `plugin-sdk/wit`; it is public only so that
+//! [`export_plugin!`](crate::export_plugin) can name its export glue from the plugin's crate.
+
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "wit",
+        pub_export_macro: true,
+        export_macro_name: "__llm_gateway_plugin_export_world",
+    });
+}
+
+use bindings::llm_gateway::plugin::{
+    audit, clock, jwt, log as wit_log, metrics, request, response, state, types,
+};
+
+use crate::jwt::{Key, Validation};
+use crate::log::Level;
+use crate::request::{FrontDoor, Operation};
+use crate::state::RateCheck;
+
+pub(crate) fn method() -> String {
+    request::method()
+}
+
+pub(crate) fn path() -> String {
+    request::path()
+}
+
+pub(crate) fn front_door() -> FrontDoor {
+    match request::front_door() {
+        types::FrontDoor::Bedrock => FrontDoor::Bedrock,
+        types::FrontDoor::Vertex => FrontDoor::Vertex,
+        types::FrontDoor::Anthropic => FrontDoor::Anthropic,
+    }
+}
+
+pub(crate) fn operation() -> Operation {
+    match request::operation() {
+        types::Operation::Invoke => Operation::Invoke,
+        types::Operation::Stream => Operation::Stream,
+        types::Operation::Converse => Operation::Converse,
+        types::Operation::ConverseStream => Operation::ConverseStream,
+        types::Operation::CountTokens => Operation::CountTokens,
+        types::Operation::ControlPlane => Operation::ControlPlane,
+        types::Operation::ListModels => Operation::ListModels,
+    }
+}
+
+pub(crate) fn model() -> Option<String> {
+    request::model()
+}
+
+pub(crate) fn set_model(model: &str) -> Result<(), String> {
+    request::set_model(model)
+}
+
+pub(crate) fn header(name: &str) -> Option<String> {
+    request::header(name)
+}
+
+pub(crate) fn headers() -> Vec<(String, String)> {
+    request::headers()
+        .into_iter()
+        .map(|h| (h.name, h.value))
+        .collect()
+}
+
+pub(crate) fn set_header(name: &str, value: &str) -> Result<(), String> {
+    request::set_header(name, value)
+}
+
+pub(crate) fn remove_header(name: &str) {
+    request::remove_header(name)
+}
+
+pub(crate) fn client_address() -> Option<String> {
+    request::client_address()
+}
+
+pub(crate) fn request_id() -> String {
+    request::request_id()
+}
+
+pub(crate) fn principal() -> Option<String> {
+    request::principal()
+}
+
+pub(crate) fn team() -> Option<String> {
+    request::team()
+}
+
+pub(crate) fn set_identity(principal: &str, team: Option<&str>) -> Result<(), String> {
+    request::set_identity(principal, team)
+}
+
+pub(crate) fn metadata(key: &str) -> Option<String> {
+    request::metadata(key)
+}
+
+pub(crate) fn set_metadata(key: &str, value: &str) -> Result<(), String> {
+    request::set_metadata(key, value)
+}
+
+pub(crate) fn body_json(pointer: &str) -> Option<String> {
+    request::body_json(pointer)
+}
+
+pub(crate) fn response_status() -> u16 {
+    response::status()
+}
+
+pub(crate) fn response_header(name: &str) -> Option<String> {
+    response::header(name)
+}
+
+pub(crate) fn response_headers() -> Vec<(String, String)> {
+    response::headers()
+        .into_iter()
+        .map(|h| (h.name, h.value))
+        .collect()
+}
+
+pub(crate) fn response_set_header(name: &str, value: &str) -> Result<(), String> {
+    response::set_header(name, value)
+}
+
+pub(crate) fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Trace => types::LogLevel::Trace,
+        Level::Debug => types::LogLevel::Debug,
+        Level::Info => types::LogLevel::Info,
+        Level::Warn => types::LogLevel::Warn,
+        Level::Error => types::LogLevel::Error,
+    };
+    wit_log::log(level, message)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    clock::now_ms()
+}
+
+pub(crate) fn state_incr(key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
+    state::incr(key, delta, ttl_ms)
+}
+
+pub(crate) fn state_get(key: &str) -> Result<Option<i64>, String> {
+    state::get(key)
+}
+
+pub(crate) fn state_check_rate(
+    key: &str,
+    limit: u64,
+    window_ms: u64,
+    cost: u64,
+) -> Result<RateCheck, String> {
+    state::check_rate(key, limit, window_ms, cost).map(|r| RateCheck {
+        allowed: r.allowed,
+        remaining: r.remaining,
+        retry_after_ms: r.retry_after_ms,
+    })
+}
+
+pub(crate) fn jwt_verify(
+    token: &str,
+    key: &Key,
+    validation: &Validation,
+) -> Result<Vec<(String, String)>, String> {
+    let key = match key {
+        Key::Hs256Secret(s) => jwt::Key::Hs256Secret(s.clone()),
+        Key::PublicKeyPem(s) => jwt::Key::PublicKeyPem(s.clone()),
+        Key::JwksUrl(s) => jwt::Key::JwksUrl(s.clone()),
+    };
+    let validation = jwt::Validation {
+        issuer: validation.issuer.clone(),
+        audience: validation.audience.clone(),
+        leeway_seconds: validation.leeway_seconds,
+    };
+    jwt::verify(token, &key, &validation)
+        .map(|claims| claims.into_iter().map(|c| (c.name, c.value)).collect())
+}
+
+pub(crate) fn audit_emit(record: &str) -> Result<(), String> {
+    audit::emit(record)
+}
+
+fn owned_labels(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub(crate) fn counter_add(name: &str, labels: &[(&str, &str)], value: u64) -> Result<(), String> {
+    metrics::counter_add(name, &owned_labels(labels), value)
+}
+
+pub(crate) fn gauge_set(name: &str, labels: &[(&str, &str)], value: f64) -> Result<(), String> {
+    metrics::gauge_set(name, &owned_labels(labels), value)
+}

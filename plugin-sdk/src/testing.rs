@@ -1,0 +1,538 @@
+//! Unit-test plugins natively with an in-memory gateway.
+//!
+//! [`TestHost`] plays the gateway for one plugin: it runs `init` with a config, then runs the
+//! phases on [`MockRequest`]s the way the gateway does, and keeps what the plugin did where a
+//! test can look: the [`Exchange`] of each request (decision, headers set, model rewrite,
+//! identity, metadata, response headers) and the host's sinks (audit records, metrics, log
+//! lines). The state store and the clock are in memory, the clock is set by the test, and
+//! JWTs are verified for real (HS256, RS256, ES256; JWKS documents registered per URL).
+//!
+//! ```
+//! use llm_gateway_plugin::testing::{MockRequest, TestHost};
+//! use llm_gateway_plugin::{Decision, Error, Plugin, Request};
+//!
+//! struct NeedsTeam;
+//!
+//! impl Plugin for NeedsTeam {
+//!     fn init(_: &serde_json::Value) -> Result<Self, Error> {
+//!         Ok(NeedsTeam)
+//!     }
+//!     fn on_request(&mut self, req: &mut Request) -> Decision {
+//!         match req.header("x-team") {
+//!             Some(_) => Decision::Continue,
+//!             None => Decision::forbidden("no team"),
+//!         }
+//!     }
+//! }
+//!
+//! let mut host = TestHost::<NeedsTeam>::new(serde_json::json!({})).unwrap();
+//! let denied = host.on_request(MockRequest::bedrock_invoke("m"));
+//! assert_eq!(denied.denial().unwrap().status, 403);
+//! let allowed = host.on_request(MockRequest::bedrock_invoke("m").header("x-team", "a"));
+//! assert!(!allowed.is_denied());
+//! ```
+//!
+//! Only in native builds: a plugin's tests run with `cargo test`, its release with `wasm32`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::host::{self, Context, Phase, RequestState, ResponseState, Services};
+use crate::log::Level;
+use crate::{Completion, Decision, Denial, Error, FrontDoor, Operation, Outcome, Plugin, Request};
+
+/// A request to run through a plugin, built step by step.
+///
+/// Defaults: `POST /`, Bedrock, `invoke`, no model, no headers, no body, request ID
+/// `test-request-<n>`.
+#[derive(Debug, Clone)]
+pub struct MockRequest {
+    state: RequestState,
+    request_id_set: bool,
+}
+
+impl MockRequest {
+    /// A request with this method and path (and the defaults above).
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            state: RequestState {
+                method: method.to_string(),
+                path: path.to_string(),
+                ..RequestState::default()
+            },
+            request_id_set: false,
+        }
+    }
+
+    /// A Bedrock `InvokeModel` of `model`: `POST /model/<model>/invoke`.
+    pub fn bedrock_invoke(model: &str) -> Self {
+        Self::new("POST", &format!("/model/{model}/invoke")).model(model)
+    }
+
+    /// Reads the sample-request format of `gateway plugin test --request REQ.json` (see the
+    /// SDK's README): `method`, `path`, `front_door`, `operation`, `model`, `headers`,
+    /// `client_address`, `request_id`, `body`; other keys (such as `completion`) are ignored.
+    pub fn from_json(sample: &serde_json::Value) -> Result<Self, Error> {
+        let text = |key: &str| sample.get(key).and_then(|v| v.as_str());
+        let mut req = Self::new(text("method").unwrap_or("POST"), text("path").unwrap_or("/"));
+        if let Some(fd) = text("front_door") {
+            req = req.front_door(match fd {
+                "bedrock" => FrontDoor::Bedrock,
+                "vertex" => FrontDoor::Vertex,
+                "anthropic" => FrontDoor::Anthropic,
+                other => return Err(Error::new(format!("unknown front_door `{other}`"))),
+            });
+        }
+        if let Some(op) = text("operation") {
+            req = req.operation(match op {
+                "invoke" => Operation::Invoke,
+                "stream" => Operation::Stream,
+                "converse" => Operation::Converse,
+                "converse-stream" => Operation::ConverseStream,
+                "count-tokens" => Operation::CountTokens,
+                "control-plane" => Operation::ControlPlane,
+                "list-models" => Operation::ListModels,
+                other => return Err(Error::new(format!("unknown operation `{other}`"))),
+            });
+        }
+        if let Some(model) = text("model") {
+            req = req.model(model);
+        }
+        if let Some(headers) = sample.get("headers").and_then(|v| v.as_object()) {
+            for (name, value) in headers {
+                let value = value
+                    .as_str()
+                    .ok_or_else(|| Error::new(format!("header `{name}` is not a string")))?;
+                req = req.header(name, value);
+            }
+        }
+        if let Some(addr) = text("client_address") {
+            req = req.client_address(addr);
+        }
+        if let Some(id) = text("request_id") {
+            req = req.request_id(id);
+        }
+        if let Some(body) = sample.get("body") {
+            req = req.body_json(body.clone());
+        }
+        Ok(req)
+    }
+
+    /// Sets the front door.
+    pub fn front_door(mut self, front_door: FrontDoor) -> Self {
+        self.state.front_door = front_door;
+        self
+    }
+
+    /// Sets the operation.
+    pub fn operation(mut self, operation: Operation) -> Self {
+        self.state.operation = operation;
+        self
+    }
+
+    /// Sets the model ID.
+    pub fn model(mut self, model: &str) -> Self {
+        self.state.model = Some(model.to_string());
+        self
+    }
+
+    /// Adds a header (the name is lower-cased).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.state
+            .headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    /// Sets a JSON body.
+    pub fn body_json(mut self, body: serde_json::Value) -> Self {
+        self.state.body = Some(body.to_string());
+        self
+    }
+
+    /// Sets a raw body (not necessarily JSON).
+    pub fn body_text(mut self, body: &str) -> Self {
+        self.state.body = Some(body.to_string());
+        self
+    }
+
+    /// Sets the client's address.
+    pub fn client_address(mut self, address: &str) -> Self {
+        self.state.client_address = Some(address.to_string());
+        self
+    }
+
+    /// Sets the request ID.
+    pub fn request_id(mut self, id: &str) -> Self {
+        self.state.request_id = id.to_string();
+        self.request_id_set = true;
+        self
+    }
+
+    /// Sets the identity an earlier plugin would have set.
+    pub fn identity(mut self, principal: &str, team: Option<&str>) -> Self {
+        self.state.principal = Some(principal.to_string());
+        self.state.team = team.map(str::to_string);
+        self
+    }
+
+    /// Sets metadata an earlier plugin would have set.
+    pub fn metadata(mut self, key: &str, value: &str) -> Self {
+        self.state.metadata.insert(key.to_string(), value.to_string());
+        self
+    }
+}
+
+/// An upstream answer head for [`TestHost::on_response`].
+#[derive(Debug, Clone)]
+pub struct MockResponse {
+    state: ResponseState,
+}
+
+impl MockResponse {
+    /// An answer with this status and no headers.
+    pub fn new(status: u16) -> Self {
+        Self {
+            state: ResponseState {
+                status,
+                ..ResponseState::default()
+            },
+        }
+    }
+
+    /// Adds a header (the name is lower-cased).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.state
+            .headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+}
+
+/// One request's trip through the plugin: what it decided and what it changed.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    request: RequestState,
+    response: Option<ResponseState>,
+    decision: Option<Decision>,
+}
+
+impl Exchange {
+    /// What `on_request` decided (`Continue` before it ran).
+    pub fn decision(&self) -> &Decision {
+        self.decision.as_ref().unwrap_or(&Decision::Continue)
+    }
+
+    /// Whether `on_request` denied.
+    pub fn is_denied(&self) -> bool {
+        self.decision().is_deny()
+    }
+
+    /// The denial, if `on_request` denied.
+    pub fn denial(&self) -> Option<&Denial> {
+        self.decision().denial()
+    }
+
+    /// A request header as it would go upstream (before the gateway's own filtering).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every request header after the plugin's edits.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.request.headers
+    }
+
+    /// The request headers the plugin set, in order (last value per name).
+    pub fn headers_set(&self) -> &[(String, String)] {
+        &self.request.headers_set
+    }
+
+    /// The request headers the plugin removed.
+    pub fn headers_removed(&self) -> &[String] {
+        &self.request.headers_removed
+    }
+
+    /// The model ID after any rewrite.
+    pub fn model(&self) -> Option<&str> {
+        self.request.model.as_deref()
+    }
+
+    /// Whether the plugin rewrote the model.
+    pub fn model_rewritten(&self) -> bool {
+        self.request.model_rewritten
+    }
+
+    /// The principal, as set by the plugin (or the mock request).
+    pub fn principal(&self) -> Option<&str> {
+        self.request.principal.as_deref()
+    }
+
+    /// The team, as set by the plugin (or the mock request).
+    pub fn team(&self) -> Option<&str> {
+        self.request.team.as_deref()
+    }
+
+    /// A metadata value.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.request.metadata.get(key).map(String::as_str)
+    }
+
+    /// The request ID.
+    pub fn request_id(&self) -> &str {
+        &self.request.request_id
+    }
+
+    /// A response header after `on_response`'s edits.
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        self.response
+            .as_ref()?
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The response headers the plugin set.
+    pub fn response_headers_set(&self) -> &[(String, String)] {
+        self.response
+            .as_ref()
+            .map_or(&[], |r| r.headers_set.as_slice())
+    }
+}
+
+/// The in-memory gateway around one plugin instance.
+///
+/// Like a pooled instance in the gateway, one `TestHost` keeps one plugin value across all
+/// the requests it runs; make a new `TestHost` to model `isolation = "request"`.
+pub struct TestHost<P: Plugin> {
+    plugin: P,
+    services: Services,
+    requests: u64,
+}
+
+impl<P: Plugin> std::fmt::Debug for TestHost<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestHost")
+            .field("requests", &self.requests)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Moves a phase's context into the thread-local host and back out, even when the plugin
+/// panics.
+struct Installed<'a> {
+    services: &'a mut Services,
+    request: &'a mut RequestState,
+    response: &'a mut Option<ResponseState>,
+}
+
+impl<'a> Installed<'a> {
+    fn new(
+        phase: Phase,
+        services: &'a mut Services,
+        request: &'a mut RequestState,
+        response: &'a mut Option<ResponseState>,
+    ) -> Self {
+        host::install(Context {
+            phase,
+            request: std::mem::take(request),
+            response: response.take(),
+            services: std::mem::take(services),
+        });
+        Self {
+            services,
+            request,
+            response,
+        }
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        if let Some(context) = host::uninstall() {
+            *self.services = context.services;
+            *self.request = context.request;
+            *self.response = context.response;
+        }
+    }
+}
+
+fn system_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<P: Plugin> TestHost<P> {
+    /// Runs the plugin's `init` with `config` (what `[plugins.config]` would hold, as JSON).
+    /// The clock starts at the real time.
+    pub fn new(config: serde_json::Value) -> Result<Self, Error> {
+        Self::with_clock(config, system_clock_ms())
+    }
+
+    /// Like [`new`](TestHost::new), with the clock starting at `clock_ms`.
+    pub fn with_clock(config: serde_json::Value, clock_ms: u64) -> Result<Self, Error> {
+        let mut services = Services {
+            clock_ms,
+            ..Services::default()
+        };
+        let mut request = RequestState::default();
+        let mut response = None;
+        let plugin = {
+            let _installed = Installed::new(Phase::Init, &mut services, &mut request, &mut response);
+            P::init(&config)?
+        };
+        Ok(Self {
+            plugin,
+            services,
+            requests: 0,
+        })
+    }
+
+    /// Runs `on_request`, as the gateway does before choosing an upstream.
+    pub fn on_request(&mut self, request: MockRequest) -> Exchange {
+        self.requests += 1;
+        let mut state = request.state;
+        if !request.request_id_set {
+            state.request_id = format!("test-request-{}", self.requests);
+        }
+        let mut exchange = Exchange {
+            request: state,
+            response: None,
+            decision: None,
+        };
+        let decision = {
+            let _installed = Installed::new(
+                Phase::Request,
+                &mut self.services,
+                &mut exchange.request,
+                &mut exchange.response,
+            );
+            self.plugin.on_request(&mut Request::handle_mut())
+        };
+        exchange.decision = Some(decision);
+        exchange
+    }
+
+    /// Runs `on_response` with this answer head, as the gateway does when it arrives.
+    pub fn on_response(&mut self, exchange: &mut Exchange, response: MockResponse) {
+        exchange.response = Some(response.state);
+        let _installed = Installed::new(
+            Phase::Response,
+            &mut self.services,
+            &mut exchange.request,
+            &mut exchange.response,
+        );
+        self.plugin.on_response(&mut crate::Response::handle_mut());
+    }
+
+    /// Runs `on_complete`, as the gateway does once the request is over.
+    pub fn on_complete(&mut self, exchange: &mut Exchange, completion: &Completion) {
+        let _installed = Installed::new(
+            Phase::Complete,
+            &mut self.services,
+            &mut exchange.request,
+            &mut exchange.response,
+        );
+        self.plugin.on_complete(completion);
+    }
+
+    /// Runs every phase the way the gateway would: `on_request`; if it continues,
+    /// `on_response` with `response` and `on_complete` with `completion`; if it denies,
+    /// `on_complete` with a completion of the denial (its status, outcome `denied`).
+    pub fn run(
+        &mut self,
+        request: MockRequest,
+        response: MockResponse,
+        completion: &Completion,
+    ) -> Exchange {
+        let mut exchange = self.on_request(request);
+        match exchange.denial() {
+            Some(denial) => {
+                let mut denied = Completion::new(denial.status, Outcome::Denied);
+                denied.denied_by = Some("plugin-under-test".into());
+                self.on_complete(&mut exchange, &denied);
+            }
+            None => {
+                self.on_response(&mut exchange, response);
+                self.on_complete(&mut exchange, completion);
+            }
+        }
+        exchange
+    }
+
+    /// The plugin value.
+    pub fn plugin(&self) -> &P {
+        &self.plugin
+    }
+
+    /// The plugin value, to change between requests.
+    pub fn plugin_mut(&mut self) -> &mut P {
+        &mut self.plugin
+    }
+
+    /// The clock, in milliseconds since the Unix epoch.
+    pub fn clock_ms(&self) -> u64 {
+        self.services.clock_ms
+    }
+
+    /// Sets the clock.
+    pub fn set_clock_ms(&mut self, ms: u64) {
+        self.services.clock_ms = ms;
+    }
+
+    /// Moves the clock forward.
+    pub fn advance_clock_ms(&mut self, ms: u64) {
+        self.services.clock_ms += ms;
+    }
+
+    /// Serves `jwks` (a JWKS JSON document) for `url` to `jwt::Key::JwksUrl`.
+    pub fn register_jwks(&mut self, url: &str, jwks: &serde_json::Value) {
+        self.services.jwks.insert(url.to_string(), jwks.to_string());
+    }
+
+    /// A counter's value in the state store (as `state::get` would answer).
+    pub fn state_counter(&self, key: &str) -> Option<i64> {
+        let mut services = self.services.clone();
+        let mut request = RequestState::default();
+        let mut response = None;
+        let _installed = Installed::new(Phase::Complete, &mut services, &mut request, &mut response);
+        host::state_get(key).ok().flatten()
+    }
+
+    /// Every audit record emitted so far.
+    pub fn audit_records(&self) -> &[serde_json::Value] {
+        &self.services.audit
+    }
+
+    /// A counter's value for exactly these labels (0 if never added to).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.services
+            .counters
+            .get(&host::metric_key(name, labels))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A gauge's value for exactly these labels.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.services
+            .gauges
+            .get(&host::metric_key(name, labels))
+            .copied()
+    }
+
+    /// Every log line written so far.
+    pub fn logs(&self) -> &[(Level, String)] {
+        &self.services.logs
+    }
+
+    /// Whether a log line containing `text` was written.
+    pub fn logged(&self, text: &str) -> bool {
+        self.services.logs.iter().any(|(_, line)| line.contains(text))
+    }
+}
