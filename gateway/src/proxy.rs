@@ -29,7 +29,10 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use arc_swap::ArcSwap;
+
 use crate::frontdoor::{FrontDoor, FrontDoors, RequestInfo};
+use crate::plugin::{Completion, Pipeline, PipelineRun, RequestView, WitOutcome, WitUsage};
 use crate::upstream::{forwards_response_header, UpstreamRequest, Upstreams, POOL_IDLE_TIMEOUT};
 use crate::wire::error::GatewayError;
 use crate::wire::usage::{Observation, ResponseShape, UsageObserver};
@@ -48,6 +51,8 @@ pub enum Outcome {
     Rejected,
     /// The upstream failed after the answer had started; the client saw a cut stream.
     UpstreamFailed,
+    /// A plugin denied it.
+    Denied,
     /// The client went away before the answer was complete.
     ClientAborted,
 }
@@ -61,6 +66,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected => "rejected",
             Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Denied => "denied",
             Outcome::ClientAborted => "client_aborted",
         }
     }
@@ -97,6 +103,35 @@ pub struct RequestCtx {
     pub response_bytes: usize,
     /// Whether a response head has been written to the client.
     pub response_started: bool,
+    /// This request's run through the plugin pipeline. Only ever used through `&mut`, so the
+    /// mutex is never locked; it makes the context `Sync` as Pingora requires.
+    pub plugins: Option<SyncCell<PipelineRun>>,
+    /// The model ID sent upstream (after any rewrite).
+    pub model_served: Option<String>,
+    /// The plugin that denied the request.
+    pub denied_by: Option<String>,
+}
+
+/// Exclusive-access cell: `Sync` for any `Send` value because it only hands out `&mut`
+/// (the mutex inside is never locked).
+#[derive(Debug)]
+pub struct SyncCell<T>(std::sync::Mutex<T>);
+
+impl<T> SyncCell<T> {
+    /// Wraps a value.
+    pub fn new(value: T) -> Self {
+        Self(std::sync::Mutex::new(value))
+    }
+
+    /// The value, through `&mut` (no locking).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Unwraps the value.
+    pub fn into_inner(self) -> T {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why serving a request stopped early.
@@ -116,6 +151,7 @@ impl From<GatewayError> for Stop {
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
     front_doors: FrontDoors,
+    pipeline: Arc<ArcSwap<Pipeline>>,
     upstreams: Arc<Upstreams>,
     connector: Connector,
     max_request_body: u64,
@@ -126,12 +162,14 @@ impl Gateway {
     /// A gateway serving `front_doors` with `upstreams`.
     pub fn new(
         front_doors: FrontDoors,
+        pipeline: Arc<ArcSwap<Pipeline>>,
         upstreams: Arc<Upstreams>,
         max_request_body: u64,
         client_body_timeout: Duration,
     ) -> Self {
         Self {
             front_doors,
+            pipeline,
             upstreams,
             connector: Connector::new(None),
             max_request_body,
@@ -162,14 +200,52 @@ impl Gateway {
         // 2. The whole body, bounded, because the signature covers its hash.
         let body = self.read_body(session, ctx).await?;
 
-        // 3. Which backend, and the signed request for it.
+        // 3. The plugins: they may deny, rewrite the model, edit headers, set the identity.
+        let mut info = info;
+        let mut headers = session.req_header().headers.clone();
+        let pipeline = self.pipeline.load_full();
+        if !pipeline.is_empty() {
+            let view = RequestView::new(
+                session.req_header().method.to_string(),
+                path,
+                info.front_door,
+                info.operation,
+                info.model_id.clone(),
+                headers,
+                session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+                ctx.request_id.clone(),
+                body.clone(),
+            );
+            let mut run = pipeline.start(Box::new(view));
+            let decided = run.on_request().await;
+            let view = run.view();
+            headers = view.headers.clone();
+            if view.model != info.model_id {
+                if let Some(model) = &view.model {
+                    info.upstream_path = crate::frontdoor::bedrock::with_model(&info, model);
+                    info.model_id = Some(model.clone());
+                }
+            }
+            ctx.plugins = Some(SyncCell::new(run));
+            if let Err(denial) = decided {
+                ctx.denied_by = Some(denial.plugin.clone());
+                return Err(GatewayError::Denied {
+                    status: denial.status,
+                    message: denial.message,
+                    retry_after: denial.retry_after.map(u64::from),
+                }
+                .into());
+            }
+        }
+        ctx.model_served = info.model_id.clone();
+
+        // 4. Which backend, and the signed request for it.
         let backend = Arc::clone(self.upstreams.pick(&info)?);
         ctx.backend = Some(Arc::clone(&backend.name));
-        let prepared =
-            self.upstreams
-                .prepare(&backend, &info, session.req_header(), &ctx.request_id, body)?;
+        let method = session.req_header().method.clone();
+        let prepared = self.upstreams.prepare(&backend, &info, &method, &headers, &ctx.request_id, body)?;
 
-        // 4. Exchange it, streaming the answer back.
+        // 5. Exchange it, streaming the answer back.
         self.exchange(session, ctx, prepared, info.operation.response_shape())
             .await
     }
@@ -240,6 +316,11 @@ impl Gateway {
             }
         }
         let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        if let Some(run) = ctx.plugins.as_mut() {
+            for (name, value) in run.get_mut().on_response(status, &upstream_head.headers).await {
+                let _ = head.insert_header(name, value);
+            }
+        }
         let mut observer = UsageObserver::new(if status < 400 {
             shape
         } else {
@@ -380,7 +461,11 @@ impl Gateway {
         let front_door = ctx.front_door.unwrap_or(FrontDoor::Bedrock);
         let rendered = error.render(front_door);
         ctx.status = rendered.status;
-        ctx.outcome = Outcome::Rejected;
+        ctx.outcome = if matches!(error, GatewayError::Denied { .. }) {
+            Outcome::Denied
+        } else {
+            Outcome::Rejected
+        };
         ctx.error = Some(error.to_string());
         let Ok(mut head) = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))
         else {
@@ -491,6 +576,17 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .and_then(|o| o.usage)
             .unwrap_or_default();
+        let (principal, team) = ctx
+            .plugins
+            .as_mut()
+            .map(|r| {
+                let v = r.get_mut().view();
+                (v.principal.clone(), v.team.clone())
+            })
+            .unwrap_or_default();
+        if let Some(run) = ctx.plugins.take() {
+            run.into_inner().complete(completion(ctx, latency));
+        }
         let info = ctx.info.as_ref();
         tracing::info!(
             target: "gateway::request",
@@ -499,7 +595,11 @@ impl ProxyHttp for Gateway {
             front_door = ctx.front_door.map(FrontDoor::as_str).unwrap_or("-"),
             operation = info.map(|i| i.operation.as_str()).unwrap_or("-"),
             model = info.and_then(|i| i.model_id.as_deref()).unwrap_or("-"),
+            model_served = ctx.model_served.as_deref().unwrap_or("-"),
             backend = ctx.backend.as_deref().unwrap_or("-"),
+            principal = principal.as_deref().unwrap_or("-"),
+            team = team.as_deref().unwrap_or("-"),
+            denied_by = ctx.denied_by.as_deref().unwrap_or("-"),
             status = ctx.status,
             outcome = ctx.outcome.as_str(),
             input_tokens = usage.input_tokens,
@@ -515,5 +615,34 @@ impl ProxyHttp for Gateway {
             error = ctx.error.as_deref().unwrap_or("-"),
             "request"
         );
+    }
+}
+
+/// What plugins' `on-complete` is told about a finished request.
+fn completion(ctx: &RequestCtx, latency: Duration) -> Completion {
+    let usage = ctx.observation.as_ref().and_then(|o| o.usage).unwrap_or_default();
+    Completion {
+        status: ctx.status,
+        outcome: match ctx.outcome {
+            Outcome::Ok | Outcome::Pending => WitOutcome::Ok,
+            Outcome::UpstreamError => WitOutcome::UpstreamError,
+            Outcome::Rejected => WitOutcome::Rejected,
+            Outcome::Denied => WitOutcome::Denied,
+            Outcome::UpstreamFailed => WitOutcome::UpstreamFailed,
+            Outcome::ClientAborted => WitOutcome::ClientAborted,
+        },
+        usage: WitUsage {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+        },
+        latency_ms: latency.as_millis() as u64,
+        time_to_first_token_ms: ctx.time_to_first_byte.map(|d| d.as_millis() as u64),
+        request_bytes: ctx.request_bytes as u64,
+        response_bytes: ctx.response_bytes as u64,
+        backend: ctx.backend.as_deref().map(str::to_string),
+        model_served: ctx.model_served.clone(),
+        denied_by: ctx.denied_by.clone(),
     }
 }

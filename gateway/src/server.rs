@@ -9,16 +9,24 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::audit::AuditSink;
 use crate::config::Config;
 use crate::frontdoor::FrontDoors;
+use crate::metrics::Metrics;
+use crate::plugin::jwt::JwtVerifier;
+use crate::plugin::pipeline::Completions;
+use crate::plugin::{HostServices, Pipeline, PluginEngine, PluginError};
 use crate::proxy::Gateway;
+use crate::state::MemoryStore;
 use crate::upstream::Upstreams;
 
 /// Why the gateway could not start.
@@ -33,12 +41,42 @@ pub enum StartError {
     /// The TLS certificate or key could not be loaded.
     #[error("cannot load the TLS certificate and key: {0}")]
     Tls(String),
+    /// The audit file could not be opened.
+    #[error("cannot open the audit file: {0}")]
+    Audit(std::io::Error),
+    /// A plugin could not be loaded.
+    #[error("plugin {0}: {1}")]
+    Plugin(String, PluginError),
 }
 
-/// Runs the gateway until it is told to stop. Never returns on success.
+/// SIGTERM and SIGINT both shut down gracefully (requests in flight finish, audit records are
+/// flushed); SIGQUIT hands the listeners to a new process.
+struct ShutdownSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for ShutdownSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+        }
+    }
+}
+
+/// Runs the gateway until it is told to stop, then flushes what must not be lost.
 pub fn run(config: Config) -> Result<(), StartError> {
     let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("gw-background")
         .enable_all()
         .build()?;
@@ -55,6 +93,40 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     });
 
+    let metrics = Arc::new(Metrics::new());
+    let audit = match &config.audit {
+        Some(a) => AuditSink::open(a).map_err(StartError::Audit)?,
+        None => AuditSink::log_only(),
+    };
+    let services = Arc::new(HostServices {
+        state: Arc::new(MemoryStore::new()),
+        audit: audit.clone(),
+        metrics: Arc::clone(&metrics),
+        jwt: JwtVerifier::new(),
+    });
+    let engine = Arc::new(
+        PluginEngine::new(&config.plugin_runtime, services)
+            .map_err(|e| StartError::Plugin("(engine)".into(), e))?,
+    );
+    let plugins = background.block_on(async {
+        let mut loaded = Vec::new();
+        for p in &config.plugins {
+            let plugin = engine
+                .load(p)
+                .await
+                .map_err(|e| StartError::Plugin(p.name.clone(), e))?;
+            tracing::info!(plugin = %p.name, hash = %plugin.content_hash, isolation = ?p.isolation, on_error = ?p.on_error, "plugin loaded");
+            loaded.push(plugin);
+        }
+        Ok::<_, StartError>(loaded)
+    })?;
+    let completions = Arc::new(Completions::default());
+    let pipeline = Arc::new(ArcSwap::from_pointee(Pipeline::new(
+        plugins,
+        Arc::clone(&completions),
+        background.handle().clone(),
+    )));
+
     let conf = ServerConf {
         threads: config.server.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -70,6 +142,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let gateway = Gateway::new(
         FrontDoors::new(&config.front_doors),
+        Arc::clone(&pipeline),
         Arc::clone(&upstreams),
         config.server.max_request_body.0,
         config.server.client_body_timeout.0,
@@ -88,7 +161,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin::new(upstreams)),
+        HttpServer::new_app(Admin::new(upstreams, Arc::clone(&metrics))),
     );
     admin.add_tcp(&config.server.admin_listen);
 
@@ -101,7 +174,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         backends = config.backends.len(),
         "gateway starting"
     );
-    // `background` must live as long as the process: `run_forever` never returns.
-    let _background = background;
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(ShutdownSignals),
+    });
+
+    // Requests have finished; let their `on-complete` runs write their records, then sync.
+    if !completions.wait_idle(config.server.grace_period.0) {
+        tracing::error!("some on-complete runs did not finish before the grace period ended");
+    }
+    audit.close();
+    drop(pipeline);
+    background.shutdown_timeout(std::time::Duration::from_secs(1));
+    tracing::info!("gateway stopped");
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! - `GET /healthz`: 200 while the process serves at all.
 //! - `GET /readyz`: 200 when every backend can authenticate (credentials loaded or an API key
 //!   set) and has a resolved address; 503 with the reasons otherwise.
+//! - `GET /metrics`: Prometheus text.
 //!
 //! It listens on its own address (loopback by default), apart from client traffic.
 
@@ -13,17 +14,19 @@ use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 
 /// The admin HTTP application.
 pub struct Admin {
     upstreams: Arc<Upstreams>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
-    /// Admin endpoints over the gateway's upstreams.
-    pub fn new(upstreams: Arc<Upstreams>) -> Self {
-        Self { upstreams }
+    /// Admin endpoints over the gateway's upstreams and metrics.
+    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>) -> Self {
+        Self { upstreams, metrics }
     }
 
     fn readiness(&self) -> (u16, serde_json::Value) {
@@ -63,6 +66,15 @@ impl ServeHttp for Admin {
             ("GET", "/readyz") => {
                 let (status, body) = self.readiness();
                 json(status, body)
+            }
+            ("GET", "/metrics") => {
+                let body = self.metrics.render().into_bytes();
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .expect("a static response head is valid")
             }
             _ => json(404, serde_json::json!({ "error": "not found" })),
         }

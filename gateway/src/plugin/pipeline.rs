@@ -84,6 +84,12 @@ impl Pipeline {
     }
 }
 
+impl std::fmt::Debug for PipelineRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineRun").field("plugins", &self.instances.len()).field("denied_by", &self.denied_by).finish()
+    }
+}
+
 /// One request's run through the pipeline.
 pub struct PipelineRun {
     pipeline: Arc<Pipeline>,

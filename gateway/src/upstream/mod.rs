@@ -136,7 +136,8 @@ impl Upstreams {
         &self,
         backend: &Backend,
         info: &RequestInfo,
-        client: &RequestHeader,
+        method: &http::Method,
+        client_headers: &http::HeaderMap,
         request_id: &str,
         body: Bytes,
     ) -> Result<UpstreamRequest, GatewayError> {
@@ -144,11 +145,10 @@ impl Upstreams {
         let endpoint = bedrock.endpoint_for(info.operation);
         let path = format!("{}{}", endpoint.base_path, info.upstream_path);
 
-        let mut header = RequestHeader::build(client.method.clone(), path.as_bytes(), None)
+        let mut header = RequestHeader::build(method.clone(), path.as_bytes(), None)
             .map_err(|e| GatewayError::BadRequest(format!("cannot forward this path: {e}")))?;
-        copy_request_headers(client, &mut header)?;
-        let content_type = client
-            .headers
+        copy_request_headers(client_headers, &mut header)?;
+        let content_type = client_headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
@@ -157,13 +157,13 @@ impl Upstreams {
         if let Some(ct) = &content_type {
             insert(&mut header, "content-type", ct)?;
         }
-        if !body.is_empty() || client.method == http::Method::POST {
+        if !body.is_empty() || method == http::Method::POST {
             insert(&mut header, "content-length", &body.len().to_string())?;
         }
         insert(&mut header, "x-request-id", request_id)?;
         for (name, value) in bedrock.auth_headers(
             &backend.name,
-            client.method.as_str(),
+            method.as_str(),
             &path,
             &endpoint.authority,
             content_type.as_deref(),
@@ -236,19 +236,18 @@ pub fn forwards_response_header(name: &str) -> bool {
 }
 
 fn copy_request_headers(
-    client: &RequestHeader,
+    client: &http::HeaderMap,
     upstream: &mut RequestHeader,
 ) -> Result<(), GatewayError> {
     // Headers the client named in `Connection` are hop-by-hop too.
     let nominated: Vec<String> = client
-        .headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    for (name, value) in client.headers.iter() {
+    for (name, value) in client.iter() {
         let n = name.as_str();
         if forwards_request_header(n) && !nominated.iter().any(|t| t == n) {
             upstream

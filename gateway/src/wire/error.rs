@@ -43,6 +43,16 @@ pub enum GatewayError {
     /// A fault inside the gateway.
     #[error("{0}")]
     Internal(String),
+    /// A plugin refused the request with this status.
+    #[error("{message}")]
+    Denied {
+        /// HTTP status chosen by the plugin (400-599).
+        status: u16,
+        /// Message for the client.
+        message: String,
+        /// Seconds until a retry may succeed.
+        retry_after: Option<u64>,
+    },
 }
 
 /// A rendered error response: status, headers and body.
@@ -69,6 +79,15 @@ impl GatewayError {
             GatewayError::Throttled { .. } => 429,
             GatewayError::Unavailable(_) => 503,
             GatewayError::Internal(_) => 500,
+            GatewayError::Denied { status, .. } => *status,
+        }
+    }
+
+    /// Seconds the client should wait before retrying, when the error says.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::Throttled { retry_after, .. } | GatewayError::Denied { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -89,15 +108,20 @@ impl GatewayError {
             GatewayError::Throttled { .. } => "ThrottlingException",
             GatewayError::Unavailable(_) => "ServiceUnavailableException",
             GatewayError::Internal(_) => "InternalServerException",
+            GatewayError::Denied { status, .. } => match status {
+                401 | 403 => "AccessDeniedException",
+                404 => "ResourceNotFoundException",
+                408 => "ModelTimeoutException",
+                429 => "ThrottlingException",
+                503 => "ServiceUnavailableException",
+                400..=499 => "ValidationException",
+                _ => "InternalServerException",
+            },
         };
         let body = serde_json::to_vec(&serde_json::json!({ "message": self.to_string() }))
             .expect("a JSON object of one string serializes");
         let mut headers = vec![("x-amzn-errortype", name.to_string())];
-        if let GatewayError::Throttled {
-            retry_after: Some(s),
-            ..
-        } = self
-        {
+        if let Some(s) = self.retry_after() {
             headers.push(("retry-after", s.to_string()));
         }
         ErrorResponse {
@@ -148,6 +172,16 @@ mod tests {
             assert_eq!(r.headers[0], ("x-amzn-errortype", name.to_string()));
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
             assert!(v["message"].is_string());
+        }
+    }
+
+    #[test]
+    fn plugin_denials_map_to_the_exception_of_their_status() {
+        for (status, name) in [(401, "AccessDeniedException"), (403, "AccessDeniedException"), (429, "ThrottlingException"), (400, "ValidationException"), (503, "ServiceUnavailableException")] {
+            let r = GatewayError::Denied { status, message: "m".into(), retry_after: Some(3) }.render(FrontDoor::Bedrock);
+            assert_eq!(r.status, status);
+            assert_eq!(r.headers[0].1, name);
+            assert!(r.headers.contains(&("retry-after", "3".to_string())));
         }
     }
 
