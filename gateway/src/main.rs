@@ -35,6 +35,31 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Plugin tools.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a plugin offline through all its phases on a sample request and print its decisions.
+    Test {
+        /// The plugin (component, or core module with an embedded component type).
+        plugin: PathBuf,
+        /// The sample request (JSON; see plugin-sdk/README.md).
+        #[arg(long)]
+        request: PathBuf,
+        /// A TOML file whose table is the plugin's `[plugins.config]`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Turn a core module built with the SDK into a component (what `make plugins` does).
+    Componentize {
+        /// The core module.
+        input: PathBuf,
+        /// Where to write the component.
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +88,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin(command) => match plugin_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gateway plugin: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
@@ -80,6 +112,84 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        PluginCommand::Componentize { input, output } => {
+            let bytes =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let component = gateway::plugin::engine::componentize(&bytes)?;
+            std::fs::write(&output, &component)
+                .with_context(|| format!("writing {}", output.display()))?;
+            Ok(())
+        }
+        PluginCommand::Test {
+            plugin,
+            request,
+            config,
+        } => {
+            let sample = std::fs::read_to_string(&request)
+                .with_context(|| format!("reading {}", request.display()))?;
+            let sample: gateway::plugin::offline::SampleRequest = serde_json::from_str(&sample)
+                .with_context(|| format!("{} is not a sample request", request.display()))?;
+            let table = match &config {
+                Some(path) => toml::from_str::<toml::Table>(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                )
+                .with_context(|| format!("{} is not TOML", path.display()))?,
+                None => toml::Table::new(),
+            };
+            let name = plugin
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_string();
+            let mut plugin_config: gateway::config::PluginConfig =
+                toml::Value::Table(toml::toml! {
+                    name = name
+                    path = (plugin.display().to_string())
+                })
+                .try_into()?;
+            plugin_config.config = table;
+            let (audit, records) = gateway::audit::AuditSink::collecting();
+            let services = std::sync::Arc::new(gateway::plugin::HostServices {
+                state: std::sync::Arc::new(gateway::state::MemoryStore::new()),
+                audit,
+                metrics: std::sync::Arc::new(gateway::metrics::Metrics::new()),
+                jwt: gateway::plugin::jwt::JwtVerifier::new(),
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let mut report = runtime.block_on(gateway::plugin::offline::run(
+                plugin_config,
+                sample,
+                std::sync::Arc::clone(&services),
+            ))?;
+            let audit: Vec<serde_json::Value> = records
+                .lock()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|l| serde_json::from_str(l).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            report["audit_records"] = audit.into();
+            report["metrics"] = services
+                .metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("plugin_"))
+                .collect::<Vec<_>>()
+                .into();
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
     }
 }

@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use prometheus::{CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -43,12 +46,18 @@ impl Metrics {
         .expect("static metric definition");
         let plugin_call_seconds = HistogramVec::new(
             HistogramOpts::new("gateway_plugin_call_seconds", "Plugin phase call duration")
-                .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
+                .buckets(vec![
+                    1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
+                ]),
             &["plugin", "phase"],
         )
         .expect("static metric definition");
-        registry.register(Box::new(plugin_calls.clone())).expect("unique metric");
-        registry.register(Box::new(plugin_call_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(plugin_calls.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(plugin_call_seconds.clone()))
+            .expect("unique metric");
         Self {
             registry,
             plugin_calls,
@@ -71,16 +80,31 @@ impl Metrics {
     }
 
     /// Adds to a plugin-defined counter.
-    pub fn plugin_counter_add(&self, plugin: &str, name: &str, labels: &[(String, String)], value: u64) -> Result<(), String> {
-        let mut map = self.plugin_counters.lock().map_err(|_| "metrics lock poisoned".to_string())?;
+    pub fn plugin_counter_add(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: &[(String, String)],
+        value: u64,
+    ) -> Result<(), String> {
+        let mut map = self
+            .plugin_counters
+            .lock()
+            .map_err(|_| "metrics lock poisoned".to_string())?;
         let full = metric_name(plugin, name)?;
         let (vec, names) = match map.get(&full) {
             Some(v) => v,
             None => {
                 let names: Vec<String> = labels.iter().map(|(k, _)| k.clone()).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let c = CounterVec::new(Opts::new(full.clone(), format!("plugin {plugin} counter {name}")), &refs).map_err(|e| e.to_string())?;
-                self.registry.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
+                let c = CounterVec::new(
+                    Opts::new(full.clone(), format!("plugin {plugin} counter {name}")),
+                    &refs,
+                )
+                .map_err(|e| e.to_string())?;
+                self.registry
+                    .register(Box::new(c.clone()))
+                    .map_err(|e| e.to_string())?;
                 map.entry(full.clone()).or_insert((c, names))
             }
         };
@@ -90,16 +114,31 @@ impl Metrics {
     }
 
     /// Sets a plugin-defined gauge.
-    pub fn plugin_gauge_set(&self, plugin: &str, name: &str, labels: &[(String, String)], value: f64) -> Result<(), String> {
-        let mut map = self.plugin_gauges.lock().map_err(|_| "metrics lock poisoned".to_string())?;
+    pub fn plugin_gauge_set(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: &[(String, String)],
+        value: f64,
+    ) -> Result<(), String> {
+        let mut map = self
+            .plugin_gauges
+            .lock()
+            .map_err(|_| "metrics lock poisoned".to_string())?;
         let full = metric_name(plugin, name)?;
         let (vec, names) = match map.get(&full) {
             Some(v) => v,
             None => {
                 let names: Vec<String> = labels.iter().map(|(k, _)| k.clone()).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let g = GaugeVec::new(Opts::new(full.clone(), format!("plugin {plugin} gauge {name}")), &refs).map_err(|e| e.to_string())?;
-                self.registry.register(Box::new(g.clone())).map_err(|e| e.to_string())?;
+                let g = GaugeVec::new(
+                    Opts::new(full.clone(), format!("plugin {plugin} gauge {name}")),
+                    &refs,
+                )
+                .map_err(|e| e.to_string())?;
+                self.registry
+                    .register(Box::new(g.clone()))
+                    .map_err(|e| e.to_string())?;
                 map.entry(full.clone()).or_insert((g, names))
             }
         };
@@ -110,14 +149,27 @@ impl Metrics {
 }
 
 fn metric_name(plugin: &str, name: &str) -> Result<String, String> {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>();
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
     if name.is_empty() || name.len() > 100 {
         return Err("metric names have 1 to 100 characters".into());
     }
     Ok(format!("plugin_{}_{}", clean(plugin), clean(name)))
 }
 
-fn label_values<'a>(names: &[String], labels: &'a [(String, String)]) -> Result<Vec<&'a str>, String> {
+fn label_values<'a>(
+    names: &[String],
+    labels: &'a [(String, String)],
+) -> Result<Vec<&'a str>, String> {
     if names.len() != labels.len() || names.iter().zip(labels).any(|(n, (k, _))| n != k) {
         return Err(format!("this metric's labels are {names:?}"));
     }
@@ -134,10 +186,15 @@ mod tests {
         let l = vec![("team".to_string(), "a".to_string())];
         m.plugin_counter_add("rate-limit", "denied", &l, 2).unwrap();
         m.plugin_counter_add("rate-limit", "denied", &l, 1).unwrap();
-        assert!(m.plugin_counter_add("rate-limit", "denied", &[], 1).is_err());
+        assert!(m
+            .plugin_counter_add("rate-limit", "denied", &[], 1)
+            .is_err());
         m.plugin_gauge_set("p", "g", &[], 1.5).unwrap();
         let text = m.render();
-        assert!(text.contains("plugin_rate_limit_denied{team=\"a\"} 3"), "{text}");
+        assert!(
+            text.contains("plugin_rate_limit_denied{team=\"a\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("plugin_p_g 1.5"));
     }
 }

@@ -212,7 +212,10 @@ impl Gateway {
                 info.operation,
                 info.model_id.clone(),
                 headers,
-                session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string()),
                 ctx.request_id.clone(),
                 body.clone(),
             );
@@ -243,7 +246,9 @@ impl Gateway {
         let backend = Arc::clone(self.upstreams.pick(&info)?);
         ctx.backend = Some(Arc::clone(&backend.name));
         let method = session.req_header().method.clone();
-        let prepared = self.upstreams.prepare(&backend, &info, &method, &headers, &ctx.request_id, body)?;
+        let prepared =
+            self.upstreams
+                .prepare(&backend, &info, &method, &headers, &ctx.request_id, body)?;
 
         // 5. Exchange it, streaming the answer back.
         self.exchange(session, ctx, prepared, info.operation.response_shape())
@@ -317,7 +322,11 @@ impl Gateway {
         }
         let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
         if let Some(run) = ctx.plugins.as_mut() {
-            for (name, value) in run.get_mut().on_response(status, &upstream_head.headers).await {
+            for (name, value) in run
+                .get_mut()
+                .on_response(status, &upstream_head.headers)
+                .await
+            {
                 let _ = head.insert_header(name, value);
             }
         }
@@ -620,7 +629,11 @@ impl ProxyHttp for Gateway {
 
 /// What plugins' `on-complete` is told about a finished request.
 fn completion(ctx: &RequestCtx, latency: Duration) -> Completion {
-    let usage = ctx.observation.as_ref().and_then(|o| o.usage).unwrap_or_default();
+    let usage = ctx
+        .observation
+        .as_ref()
+        .and_then(|o| o.usage)
+        .unwrap_or_default();
     Completion {
         status: ctx.status,
         outcome: match ctx.outcome {

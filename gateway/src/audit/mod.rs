@@ -74,6 +74,7 @@ pub struct AuditSink {
 struct Inner {
     tx: Mutex<Option<Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    collected: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -106,6 +107,7 @@ impl AuditSink {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
+                collected: None,
             }),
         })
     }
@@ -116,8 +118,22 @@ impl AuditSink {
             inner: Arc::new(Inner {
                 tx: Mutex::new(None),
                 writer: Mutex::new(None),
+                collected: None,
             }),
         }
+    }
+
+    /// A sink that keeps records in memory (for `gateway plugin test` and tests).
+    pub fn collecting() -> (AuditSink, Arc<Mutex<Vec<String>>>) {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = AuditSink {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(None),
+                writer: Mutex::new(None),
+                collected: Some(Arc::clone(&records)),
+            }),
+        };
+        (sink, records)
     }
 
     /// Appends one record (a JSON object) as a line.
@@ -128,6 +144,12 @@ impl AuditSink {
 
     /// Appends one line of JSON text (already validated as an object by the caller).
     pub fn emit_line(&self, line: String) {
+        if let Some(records) = &self.inner.collected {
+            if let Ok(mut r) = records.lock() {
+                r.push(line);
+            }
+            return;
+        }
         let tx = self.inner.tx.lock().ok().and_then(|t| t.clone());
         match tx {
             Some(tx) => {
@@ -302,7 +324,11 @@ mod tests {
             sink.emit(&serde_json::json!({ "record": i }));
         }
         sink.close();
-        let count = |p: &str| std::fs::read_to_string(d.join(p)).map(|t| t.lines().count()).unwrap_or(0);
+        let count = |p: &str| {
+            std::fs::read_to_string(d.join(p))
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
         assert!(count("audit.log") > 0);
         assert!(count("audit.log.1") > 0);
         assert!(count("audit.log.2") > 0);

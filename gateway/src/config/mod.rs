@@ -459,12 +459,21 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                problem(at("name"), format!("`{}` must be letters, digits, `-` or `_`", plugin.name));
+                problem(
+                    at("name"),
+                    format!("`{}` must be letters, digits, `-` or `_`", plugin.name),
+                );
             } else if !plugin_names.insert(plugin.name.as_str()) {
-                problem(at("name"), format!("`{}` is used by another plugin", plugin.name));
+                problem(
+                    at("name"),
+                    format!("`{}` is used by another plugin", plugin.name),
+                );
             }
             if !Path::new(&plugin.path).is_file() {
-                problem(at("path"), format!("no such file: {} (run `make plugins`?)", plugin.path));
+                problem(
+                    at("path"),
+                    format!("no such file: {} (run `make plugins`?)", plugin.path),
+                );
             }
             if plugin.max_requests_per_instance == 0 {
                 problem(at("max_requests_per_instance"), "must be at least 1".into());
@@ -480,7 +489,10 @@ impl Config {
             }
         }
         if self.plugin_runtime.max_instances == 0 {
-            problem("plugin_runtime.max_instances".into(), "must be at least 1".into());
+            problem(
+                "plugin_runtime.max_instances".into(),
+                "must be at least 1".into(),
+            );
         }
         if let Some(audit) = &self.audit {
             if audit.path.is_empty() {

@@ -49,7 +49,10 @@ impl Drop for PluginEngine {
 
 impl PluginEngine {
     /// An engine sized by `runtime`, whose plugins reach `services`.
-    pub fn new(runtime: &PluginRuntimeConfig, services: Arc<HostServices>) -> Result<Self, PluginError> {
+    pub fn new(
+        runtime: &PluginRuntimeConfig,
+        services: Arc<HostServices>,
+    ) -> Result<Self, PluginError> {
         let instances = runtime.max_instances;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(instances)
@@ -73,7 +76,8 @@ impl PluginEngine {
         let mut linker = Linker::<HostState>::new(&engine);
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -112,24 +116,10 @@ impl PluginEngine {
 
     /// Compiles component or core-module bytes (off the reactor: call from a blocking thread).
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
-        let component_bytes;
-        let bytes = if wasmparser::Parser::is_core_wasm(bytes) {
-            component_bytes = wit_component::ComponentEncoder::default()
-                .module(bytes)
-                .and_then(|e| e.validate(true).encode())
-                .map_err(|e| {
-                    PluginError::Invalid(format!(
-                        "a core module that cannot become a component (was it built with the plugin SDK?): {e:#}"
-                    ))
-                })?;
-            &component_bytes[..]
-        } else if wasmparser::Parser::is_component(bytes) {
-            bytes
-        } else {
-            return Err(PluginError::Invalid("not a WebAssembly module or component".into()));
-        };
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let component_bytes = componentize(bytes)?;
+        let bytes = &component_bytes[..];
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         self.check_contract(&component)?;
         Ok(component)
     }
@@ -138,11 +128,18 @@ impl PluginEngine {
     fn check_contract(&self, component: &Component) -> Result<(), PluginError> {
         let ty = component.component_type();
         let handler = format!("{CONTRACT_PACKAGE}/handler@");
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let Some(version) = exports.iter().find_map(|n| n.strip_prefix(&handler)) else {
             return Err(PluginError::WrongWorld(format!(
                 "it does not export {CONTRACT_PACKAGE}/handler (it exports: {})",
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    exports.join(", ")
+                }
             )));
         };
         check_major(version)?;
@@ -166,7 +163,10 @@ impl PluginEngine {
     }
 
     /// Loads, links and smoke-tests one configured plugin.
-    pub async fn load(self: &Arc<Self>, config: &PluginConfig) -> Result<Arc<LoadedPlugin>, PluginError> {
+    pub async fn load(
+        self: &Arc<Self>,
+        config: &PluginConfig,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let bytes = tokio::fs::read(&config.path)
             .await
             .map_err(|e| PluginError::Io(format!("{}: {e}", config.path)))?;
@@ -174,23 +174,58 @@ impl PluginEngine {
     }
 
     /// Like [`PluginEngine::load`], from bytes already read.
-    pub async fn load_bytes(self: &Arc<Self>, config: &PluginConfig, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, PluginError> {
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        config: &PluginConfig,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let hash = content_hash(&bytes);
         let this = Arc::clone(self);
         let component = tokio::task::spawn_blocking(move || this.compile(&bytes))
             .await
             .map_err(|e| PluginError::Engine(format!("compilation task failed: {e}")))??;
         let pre = self.link(&component)?;
-        let plugin = Arc::new(LoadedPlugin::new(Arc::clone(self), Arc::clone(&self.services), config, pre, hash)?);
+        let plugin = Arc::new(LoadedPlugin::new(
+            Arc::clone(self),
+            Arc::clone(&self.services),
+            config,
+            pre,
+            hash,
+        )?);
         // Instantiate once and run `init`: a plugin that cannot start fails its load, not a request.
         let instance = plugin.instantiate().await?;
-        plugin.give_back(instance);
+        plugin.keep_warm(instance);
         Ok(plugin)
     }
 }
 
+/// Turns a core module carrying a component type (what `wit-bindgen` guests build to) into a
+/// component; a component is returned as it is.
+pub fn componentize(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, PluginError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(PluginError::Invalid(
+            "not a WebAssembly module or component".into(),
+        ));
+    }
+    wit_component::ComponentEncoder::default()
+        .module(bytes)
+        .and_then(|e| e.validate(true).encode())
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| {
+            PluginError::Invalid(format!(
+                "a core module that cannot become a component (was it built with the plugin SDK?): {e:#}"
+            ))
+        })
+}
+
 fn check_major(version: &str) -> Result<(), PluginError> {
-    let major = version.split('.').next().and_then(|m| m.parse::<u64>().ok());
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u64>().ok());
     match major {
         Some(CONTRACT_MAJOR) => Ok(()),
         _ => Err(PluginError::WrongVersion(format!(
@@ -214,7 +249,10 @@ mod tests {
         assert!(check_major("1.0.0").is_ok());
         assert!(check_major("1.4.2").is_ok());
         let e = check_major("2.0.0").unwrap_err().to_string();
-        assert!(e.contains("llm-gateway:plugin@2.0.0") && e.contains("1.x"), "{e}");
+        assert!(
+            e.contains("llm-gateway:plugin@2.0.0") && e.contains("1.x"),
+            "{e}"
+        );
         assert!(check_major("x").is_err());
     }
 }

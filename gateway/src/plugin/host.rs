@@ -16,7 +16,9 @@ use wasmtime::StoreLimits;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::llm_gateway::plugin::{audit, clock, jwt, log, metrics, request, response, state, types};
+use super::bindings::llm_gateway::plugin::{
+    audit, clock, jwt, log, metrics, request, response, state, types,
+};
 use super::jwt::JwtVerifier;
 use super::view::{Phase, RequestView};
 use crate::audit::AuditSink;
@@ -55,10 +57,11 @@ pub struct HostState {
     pub(super) services: Arc<HostServices>,
     pub(super) view: Option<Box<RequestView>>,
     pub(super) limits: StoreLimits,
-    /// When the current call started, and how long it has waited on host I/O since: the
-    /// difference is the guest's CPU time, which the epoch callback checks.
+    /// When the current call started, and how long it has waited on host I/O since.
     pub(super) call_started: Instant,
     pub(super) host_wait: Duration,
+    /// Thread CPU accounting, started by the epoch callback once a call has run a full tick.
+    cpu: Option<CpuTrack>,
     /// The CPU budget of the current call.
     pub(super) budget: Duration,
     pub(super) log_lines: u32,
@@ -86,6 +89,7 @@ impl HostState {
             limits,
             call_started: Instant::now(),
             host_wait: Duration::ZERO,
+            cpu: None,
             budget: Duration::from_millis(5),
             log_lines: 0,
             wasi,
@@ -95,16 +99,64 @@ impl HostState {
         }
     }
 
-    /// Guest CPU time of the current call so far.
-    pub(super) fn guest_time(&self) -> Duration {
-        self.call_started.elapsed().saturating_sub(self.host_wait)
+    /// Guest CPU time of the current call so far, as the epoch callback sees it.
+    ///
+    /// Calls are timed by the wall clock until their first epoch tick (nearly every call ends
+    /// before one). From then on the thread's CPU clock is read, so a guest preempted on a busy
+    /// machine is not charged for time it did not run; time in async host calls is excluded.
+    pub(super) fn guest_time(&mut self) -> Duration {
+        let now = thread_cpu_time();
+        let thread = std::thread::current().id();
+        match &mut self.cpu {
+            None => {
+                // The untracked first stretch ran until the first tick's check; anything beyond
+                // two ticks of it was the thread waiting for a core, not the guest running.
+                let first = self
+                    .call_started
+                    .elapsed()
+                    .saturating_sub(self.host_wait)
+                    .min(super::engine::EPOCH_TICK * 2);
+                self.cpu = Some(CpuTrack {
+                    thread,
+                    base: now,
+                    guest: first,
+                });
+                first
+            }
+            Some(t) => {
+                if t.thread == thread {
+                    t.guest += now.saturating_sub(t.base);
+                }
+                t.thread = thread;
+                t.base = now;
+                t.guest
+            }
+        }
     }
 
     /// Starts timing a call.
     pub(super) fn begin_call(&mut self) {
         self.call_started = Instant::now();
         self.host_wait = Duration::ZERO;
+        self.cpu = None;
         self.log_lines = 0;
+    }
+
+    /// Before an async host call: charge the guest for what it ran so far.
+    fn enter_host(&mut self) -> Instant {
+        if self.cpu.is_some() {
+            self.guest_time();
+        }
+        Instant::now()
+    }
+
+    /// After an async host call: the wait is not the guest's.
+    fn leave_host(&mut self, entered: Instant) {
+        self.host_wait += entered.elapsed();
+        if let Some(t) = &mut self.cpu {
+            t.thread = std::thread::current().id();
+            t.base = thread_cpu_time();
+        }
     }
 
     /// Logs what the plugin printed on stdout/stderr during the call. Costs one lock per
@@ -115,7 +167,10 @@ impl HostState {
             let bytes = pipe.contents();
             if !bytes.is_empty() {
                 printed = true;
-                for line in String::from_utf8_lossy(&bytes).lines().take(LOG_LINES_PER_CALL as usize) {
+                for line in String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .take(LOG_LINES_PER_CALL as usize)
+                {
                     tracing::info!(target: "gateway::plugin", plugin = %self.plugin.name, stream, "{line}");
                 }
             }
@@ -132,14 +187,17 @@ impl HostState {
     }
 
     fn view(&mut self) -> wasmtime::Result<&mut RequestView> {
-        self.view
-            .as_deref_mut()
-            .ok_or_else(|| wasmtime::format_err!("request accessors are only valid during a phase call"))
+        self.view.as_deref_mut().ok_or_else(|| {
+            wasmtime::format_err!("request accessors are only valid during a phase call")
+        })
     }
 
     fn check_size(&self, what: &str, len: usize) -> Result<(), String> {
         if len > self.plugin.return_limit {
-            Err(format!("{what} is {len} bytes, over the plugin's limit of {}", self.plugin.return_limit))
+            Err(format!(
+                "{what} is {len} bytes, over the plugin's limit of {}",
+                self.plugin.return_limit
+            ))
         } else {
             Ok(())
         }
@@ -148,6 +206,29 @@ impl HostState {
     fn state_key(&self, key: &str) -> String {
         format!("{}:{key}", self.plugin.name)
     }
+}
+
+/// Where thread CPU accounting of a call stands.
+#[derive(Debug, Clone, Copy)]
+struct CpuTrack {
+    thread: std::thread::ThreadId,
+    base: Duration,
+    guest: Duration,
+}
+
+/// CPU time consumed by the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` only writes the `timespec` we pass, which lives on this stack
+    // frame; CLOCK_THREAD_CPUTIME_ID is supported on every Linux and macOS kernel.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 impl WasiView for HostState {
@@ -226,7 +307,11 @@ impl request::Host for HostState {
         Ok(self.view()?.team.clone())
     }
 
-    fn set_identity(&mut self, principal: String, team: Option<String>) -> wasmtime::Result<Result<(), String>> {
+    fn set_identity(
+        &mut self,
+        principal: String,
+        team: Option<String>,
+    ) -> wasmtime::Result<Result<(), String>> {
         let len = principal.len() + team.as_ref().map_or(0, String::len);
         if let Err(e) = self.check_size("identity", len) {
             return Ok(Err(e));
@@ -294,13 +379,27 @@ impl log::Host for HostState {
         }
         let message: String = message.chars().take(4096).collect();
         let plugin = &*self.plugin.name;
-        let request_id = self.view.as_ref().map(|v| v.request_id.as_str()).unwrap_or("-");
+        let request_id = self
+            .view
+            .as_ref()
+            .map(|v| v.request_id.as_str())
+            .unwrap_or("-");
         match level {
-            types::LogLevel::Trace => tracing::trace!(target: "gateway::plugin", plugin, request_id, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(target: "gateway::plugin", plugin, request_id, "{message}"),
-            types::LogLevel::Info => tracing::info!(target: "gateway::plugin", plugin, request_id, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(target: "gateway::plugin", plugin, request_id, "{message}"),
-            types::LogLevel::Error => tracing::error!(target: "gateway::plugin", plugin, request_id, "{message}"),
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "gateway::plugin", plugin, request_id, "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "gateway::plugin", plugin, request_id, "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(target: "gateway::plugin", plugin, request_id, "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(target: "gateway::plugin", plugin, request_id, "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(target: "gateway::plugin", plugin, request_id, "{message}")
+            }
         }
         Ok(())
     }
@@ -316,26 +415,41 @@ impl clock::Host for HostState {
 }
 
 impl state::Host for HostState {
-    async fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<Result<i64, String>> {
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<i64, String>> {
         if let Err(e) = self.check_size("key", key.len()) {
             return Ok(Err(e));
         }
         let key = self.state_key(&key);
-        let started = Instant::now();
-        let r = self.services.state.incr(&key, delta, Duration::from_millis(ttl_ms)).await;
-        self.host_wait += started.elapsed();
+        let entered = self.enter_host();
+        let r = self
+            .services
+            .state
+            .incr(&key, delta, Duration::from_millis(ttl_ms))
+            .await;
+        self.leave_host(entered);
         Ok(r.map_err(|e| e.to_string()))
     }
 
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<i64>, String>> {
         let key = self.state_key(&key);
-        let started = Instant::now();
+        let entered = self.enter_host();
         let r = self.services.state.get(&key).await;
-        self.host_wait += started.elapsed();
+        self.leave_host(entered);
         Ok(r.map_err(|e| e.to_string()))
     }
 
-    async fn check_rate(&mut self, key: String, limit: u64, window_ms: u64, cost: u64) -> wasmtime::Result<Result<state::RateCheck, String>> {
+    async fn check_rate(
+        &mut self,
+        key: String,
+        limit: u64,
+        window_ms: u64,
+        cost: u64,
+    ) -> wasmtime::Result<Result<state::RateCheck, String>> {
         if let Err(e) = self.check_size("key", key.len()) {
             return Ok(Err(e));
         }
@@ -343,9 +457,13 @@ impl state::Host for HostState {
             return Ok(Err("window-ms must be larger than zero".into()));
         }
         let key = self.state_key(&key);
-        let started = Instant::now();
-        let r = self.services.state.check_rate(&key, limit, Duration::from_millis(window_ms), cost).await;
-        self.host_wait += started.elapsed();
+        let entered = self.enter_host();
+        let r = self
+            .services
+            .state
+            .check_rate(&key, limit, Duration::from_millis(window_ms), cost)
+            .await;
+        self.leave_host(entered);
         Ok(r.map(|c| state::RateCheck {
             allowed: c.allowed,
             remaining: c.remaining,
@@ -356,13 +474,18 @@ impl state::Host for HostState {
 }
 
 impl jwt::Host for HostState {
-    async fn verify(&mut self, token: String, key: jwt::Key, validation: jwt::Validation) -> wasmtime::Result<Result<Vec<jwt::Claim>, String>> {
+    async fn verify(
+        &mut self,
+        token: String,
+        key: jwt::Key,
+        validation: jwt::Validation,
+    ) -> wasmtime::Result<Result<Vec<jwt::Claim>, String>> {
         if let Err(e) = self.check_size("token", token.len()) {
             return Ok(Err(e));
         }
-        let started = Instant::now();
+        let entered = self.enter_host();
         let r = self.services.jwt.verify(&token, key, validation).await;
-        self.host_wait += started.elapsed();
+        self.leave_host(entered);
         Ok(r)
     }
 }
@@ -384,11 +507,27 @@ impl audit::Host for HostState {
 }
 
 impl metrics::Host for HostState {
-    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.services.metrics.plugin_counter_add(&self.plugin.name, &name, &labels, value))
+    fn counter_add(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: u64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self
+            .services
+            .metrics
+            .plugin_counter_add(&self.plugin.name, &name, &labels, value))
     }
 
-    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.services.metrics.plugin_gauge_set(&self.plugin.name, &name, &labels, value))
+    fn gauge_set(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self
+            .services
+            .metrics
+            .plugin_gauge_set(&self.plugin.name, &name, &labels, value))
     }
 }

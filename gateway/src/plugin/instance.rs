@@ -62,7 +62,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.name).field("hash", &self.content_hash).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("hash", &self.content_hash)
+            .finish()
     }
 }
 
@@ -81,8 +84,11 @@ impl LoadedPlugin {
         pre: PluginPre<HostState>,
         content_hash: String,
     ) -> Result<Self, PluginError> {
-        let config_json = serde_json::to_string(&config.config)
-            .map_err(|e| PluginError::Init(format!("the plugin's config is not representable as JSON: {e}")))?;
+        let config_json = serde_json::to_string(&config.config).map_err(|e| {
+            PluginError::Init(format!(
+                "the plugin's config is not representable as JSON: {e}"
+            ))
+        })?;
         Ok(Self {
             name: config.name.as_str().into(),
             content_hash,
@@ -111,11 +117,17 @@ impl LoadedPlugin {
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
-        let identity = PluginIdentity { name: Arc::clone(&self.name), return_limit: self.return_limit };
-        let mut store = Store::new(self.engine.engine(), HostState::new(identity, Arc::clone(&self.services), limits));
+        let identity = PluginIdentity {
+            name: Arc::clone(&self.name),
+            return_limit: self.return_limit,
+        };
+        let mut store = Store::new(
+            self.engine.engine(),
+            HostState::new(identity, Arc::clone(&self.services), limits),
+        );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            let state = ctx.data();
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
             if state.guest_time() > state.budget {
                 Err(CpuBudgetExceeded.into())
             } else {
@@ -130,15 +142,31 @@ impl LoadedPlugin {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| PluginError::Init(format!("instantiation failed: {e:#}")))?;
-        let init = bindings.llm_gateway_plugin_handler().call_init(&mut store, &self.config_json).await;
+        let init = bindings
+            .llm_gateway_plugin_handler()
+            .call_init(&mut store, &self.config_json)
+            .await;
         store.data_mut().drain_stdio();
         match init {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(PluginError::Init(format!("init refused its config: {message}"))),
-            Err(e) => return Err(PluginError::Init(format!("init failed: {}", classify(&e).message))),
+            Ok(Err(message)) => {
+                return Err(PluginError::Init(format!(
+                    "init refused its config: {message}"
+                )))
+            }
+            Err(e) => {
+                return Err(PluginError::Init(format!(
+                    "init failed: {}",
+                    classify(&e).message
+                )))
+            }
         }
         store.data_mut().budget = self.cpu_limit;
-        Ok(PluginInstance { store, bindings, uses: 0 })
+        Ok(PluginInstance {
+            store,
+            bindings,
+            uses: 0,
+        })
     }
 
     /// An instance for one request: a warm one in pooled mode, a fresh one otherwise.
@@ -148,13 +176,24 @@ impl LoadedPlugin {
                 return Ok(instance);
             }
         }
-        self.instantiate().await.map_err(|e| PluginFailure { kind: FailureKind::Instantiate, message: e.to_string() })
+        self.instantiate().await.map_err(|e| PluginFailure {
+            kind: FailureKind::Instantiate,
+            message: e.to_string(),
+        })
     }
 
     /// Returns an instance after a request: kept warm in pooled mode unless worn out.
     pub fn give_back(&self, mut instance: PluginInstance) {
         instance.uses += 1;
-        if self.isolation != Isolation::Pooled || instance.uses >= self.max_requests_per_instance {
+        if instance.uses >= self.max_requests_per_instance {
+            return;
+        }
+        self.keep_warm(instance);
+    }
+
+    /// Keeps an instance for later requests (pooled mode only).
+    pub(super) fn keep_warm(&self, instance: PluginInstance) {
+        if self.isolation != Isolation::Pooled {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
@@ -175,7 +214,11 @@ impl LoadedPlugin {
             self.breaker.success(&self.name);
         } else {
             let runtime = self.engine.runtime();
-            self.breaker.failure(&self.name, runtime.breaker_failures, runtime.breaker_cooldown.0);
+            self.breaker.failure(
+                &self.name,
+                runtime.breaker_failures,
+                runtime.breaker_cooldown.0,
+            );
         }
     }
 
@@ -186,8 +229,12 @@ impl LoadedPlugin {
 
     fn observe(&self, phase: &'static str, started: Instant, result: &'static str) {
         let m = &self.services.metrics;
-        m.plugin_calls.with_label_values(&[&self.name, phase, result]).inc();
-        m.plugin_call_seconds.with_label_values(&[&self.name, phase]).observe(started.elapsed().as_secs_f64());
+        m.plugin_calls
+            .with_label_values(&[&self.name, phase, result])
+            .inc();
+        m.plugin_call_seconds
+            .with_label_values(&[&self.name, phase])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -206,20 +253,36 @@ impl PluginInstance {
     }
 
     /// Calls `on-request`.
-    pub async fn on_request(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>) -> (Box<RequestView>, Result<types::Decision, PluginFailure>) {
+    pub async fn on_request(
+        &mut self,
+        plugin: &LoadedPlugin,
+        view: Box<RequestView>,
+    ) -> (Box<RequestView>, Result<types::Decision, PluginFailure>) {
         let started = Instant::now();
         self.begin(view);
-        let result = self.bindings.llm_gateway_plugin_handler().call_on_request(&mut self.store).await;
+        let result = self
+            .bindings
+            .llm_gateway_plugin_handler()
+            .call_on_request(&mut self.store)
+            .await;
         let view = self.end();
         let result = match result {
-            Ok(types::Decision::Deny(d)) if d.message.len() > plugin.return_limit() => Err(PluginFailure {
-                kind: FailureKind::Oversized,
-                message: format!("its denial message is {} bytes, over the limit of {}", d.message.len(), plugin.return_limit()),
-            }),
-            Ok(types::Decision::Deny(d)) if !(400..=599).contains(&d.status) => Err(PluginFailure {
-                kind: FailureKind::Invalid,
-                message: format!("it denied with status {}, outside 400-599", d.status),
-            }),
+            Ok(types::Decision::Deny(d)) if d.message.len() > plugin.return_limit() => {
+                Err(PluginFailure {
+                    kind: FailureKind::Oversized,
+                    message: format!(
+                        "its denial message is {} bytes, over the limit of {}",
+                        d.message.len(),
+                        plugin.return_limit()
+                    ),
+                })
+            }
+            Ok(types::Decision::Deny(d)) if !(400..=599).contains(&d.status) => {
+                Err(PluginFailure {
+                    kind: FailureKind::Invalid,
+                    message: format!("it denied with status {}, outside 400-599", d.status),
+                })
+            }
             Ok(decision) => Ok(decision),
             Err(e) => Err(classify(&e)),
         };
@@ -228,10 +291,18 @@ impl PluginInstance {
     }
 
     /// Calls `on-response`.
-    pub async fn on_response(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>) -> (Box<RequestView>, Result<(), PluginFailure>) {
+    pub async fn on_response(
+        &mut self,
+        plugin: &LoadedPlugin,
+        view: Box<RequestView>,
+    ) -> (Box<RequestView>, Result<(), PluginFailure>) {
         let started = Instant::now();
         self.begin(view);
-        let result = self.bindings.llm_gateway_plugin_handler().call_on_response(&mut self.store).await;
+        let result = self
+            .bindings
+            .llm_gateway_plugin_handler()
+            .call_on_response(&mut self.store)
+            .await;
         let view = self.end();
         let result = result.map_err(|e| classify(&e));
         plugin.observe("on_response", started, result_label(&result));
@@ -239,10 +310,19 @@ impl PluginInstance {
     }
 
     /// Calls `on-complete`.
-    pub async fn on_complete(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>, completion: &types::Completion) -> (Box<RequestView>, Result<(), PluginFailure>) {
+    pub async fn on_complete(
+        &mut self,
+        plugin: &LoadedPlugin,
+        view: Box<RequestView>,
+        completion: &types::Completion,
+    ) -> (Box<RequestView>, Result<(), PluginFailure>) {
         let started = Instant::now();
         self.begin(view);
-        let result = self.bindings.llm_gateway_plugin_handler().call_on_complete(&mut self.store, completion).await;
+        let result = self
+            .bindings
+            .llm_gateway_plugin_handler()
+            .call_on_complete(&mut self.store, completion)
+            .await;
         let view = self.end();
         let result = result.map_err(|e| classify(&e));
         plugin.observe("on_complete", started, result_label(&result));
@@ -260,10 +340,15 @@ fn result_label<T>(r: &Result<T, PluginFailure>) -> &'static str {
 /// Sorts a wasmtime error into what the operator needs to know.
 fn classify(e: &wasmtime::Error) -> PluginFailure {
     if e.downcast_ref::<CpuBudgetExceeded>().is_some() {
-        return PluginFailure { kind: FailureKind::Timeout, message: "it ran past its CPU time limit".into() };
+        return PluginFailure {
+            kind: FailureKind::Timeout,
+            message: "it ran past its CPU time limit".into(),
+        };
     }
     let text = format!("{e:#}");
-    let kind = if text.contains("grow") && text.contains("memory") || text.contains("memory") && text.contains("limit") {
+    let kind = if text.contains("grow") && text.contains("memory")
+        || text.contains("memory") && text.contains("limit")
+    {
         FailureKind::Memory
     } else {
         FailureKind::Trap
@@ -330,6 +415,9 @@ mod tests {
         b.success("p");
         assert!(b.allows());
         b.failure("p", 1, Duration::ZERO);
-        assert!(b.allows(), "a zero cooldown lets the next call through at once");
+        assert!(
+            b.allows(),
+            "a zero cooldown lets the next call through at once"
+        );
     }
 }

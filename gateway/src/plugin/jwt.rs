@@ -57,14 +57,21 @@ impl JwtVerifier {
         key: jwt::Key,
         rules: jwt::Validation,
     ) -> Result<Vec<jwt::Claim>, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let (decoding_key, algorithm) = match key {
-            jwt::Key::Hs256Secret(secret) => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
+            jwt::Key::Hs256Secret(secret) => (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ),
             jwt::Key::PublicKeyPem(pem) => self.pem_key(&pem)?,
             jwt::Key::JwksUrl(url) => self.jwks_key(&url, header.kid.as_deref()).await?,
         };
         if header.alg != algorithm {
-            return Err(format!("token algorithm {:?} does not match the key ({algorithm:?})", header.alg));
+            return Err(format!(
+                "token algorithm {:?} does not match the key ({algorithm:?})",
+                header.alg
+            ));
         }
         let mut validation = Validation::new(algorithm);
         validation.leeway = u64::from(rules.leeway_seconds);
@@ -77,17 +84,29 @@ impl JwtVerifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &decoding_key, &validation)
-            .map_err(|e| format!("invalid token: {e}"))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &decoding_key,
+            &validation,
+        )
+        .map_err(|e| format!("invalid token: {e}"))?;
         Ok(data
             .claims
             .into_iter()
-            .map(|(name, value)| jwt::Claim { name, value: value.to_string() })
+            .map(|(name, value)| jwt::Claim {
+                name,
+                value: value.to_string(),
+            })
             .collect())
     }
 
     fn pem_key(&self, pem: &str) -> Result<(DecodingKey, Algorithm), String> {
-        if let Some(k) = self.pem_keys.lock().map_err(|_| "key cache poisoned")?.get(pem) {
+        if let Some(k) = self
+            .pem_keys
+            .lock()
+            .map_err(|_| "key cache poisoned")?
+            .get(pem)
+        {
             return Ok(k.clone());
         }
         let parsed = DecodingKey::from_rsa_pem(pem.as_bytes())
@@ -102,12 +121,20 @@ impl JwtVerifier {
         Ok(parsed)
     }
 
-    async fn jwks_key(&self, url: &str, kid: Option<&str>) -> Result<(DecodingKey, Algorithm), String> {
+    async fn jwks_key(
+        &self,
+        url: &str,
+        kid: Option<&str>,
+    ) -> Result<(DecodingKey, Algorithm), String> {
         let find = |set: &JwkSet| -> Option<Result<(DecodingKey, Algorithm), String>> {
             let jwk = match kid {
                 Some(kid) => set.find(kid)?,
                 None if set.keys.len() == 1 => &set.keys[0],
-                None => return Some(Err("the token has no `kid` and the JWKS has several keys".into())),
+                None => {
+                    return Some(Err(
+                        "the token has no `kid` and the JWKS has several keys".into()
+                    ))
+                }
             };
             let alg = jwk
                 .common
@@ -118,7 +145,11 @@ impl JwtVerifier {
                     jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
                     _ => Algorithm::RS256,
                 });
-            Some(DecodingKey::from_jwk(jwk).map(|k| (k, alg)).map_err(|e| format!("unusable JWKS key: {e}")))
+            Some(
+                DecodingKey::from_jwk(jwk)
+                    .map(|k| (k, alg))
+                    .map_err(|e| format!("unusable JWKS key: {e}")),
+            )
         };
         let refetch = {
             let cache = self.jwks.lock().map_err(|_| "JWKS cache poisoned")?;
@@ -135,10 +166,13 @@ impl JwtVerifier {
         }
         let set = self.fetch_jwks(url).await?;
         let found = find(&set);
-        self.jwks
-            .lock()
-            .map_err(|_| "JWKS cache poisoned")?
-            .insert(url.to_string(), CachedJwks { set, fetched: Instant::now() });
+        self.jwks.lock().map_err(|_| "JWKS cache poisoned")?.insert(
+            url.to_string(),
+            CachedJwks {
+                set,
+                fetched: Instant::now(),
+            },
+        );
         found.unwrap_or_else(|| Err(format!("no key with kid {kid:?} in the JWKS")))
     }
 
@@ -150,8 +184,13 @@ impl JwtVerifier {
             uri.authority().map(|a| a.as_str()).unwrap_or_default()
         );
         let endpoint = Endpoint::parse(&origin).map_err(|e| e.to_string())?;
-        endpoint.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?;
-        let addr = endpoint.addr().ok_or_else(|| format!("{} has no address", endpoint.host))?;
+        endpoint
+            .resolve()
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?;
+        let addr = endpoint
+            .addr()
+            .ok_or_else(|| format!("{} has no address", endpoint.host))?;
         let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
         peer.options.connection_timeout = Some(FETCH_TIMEOUT);
         peer.options.total_connection_timeout = Some(FETCH_TIMEOUT);
@@ -159,19 +198,42 @@ impl JwtVerifier {
         peer.options.write_timeout = Some(FETCH_TIMEOUT);
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let fetch = async {
-            let (mut session, _) = self.connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
-            let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-            req.insert_header("host", &endpoint.authority).map_err(|e| e.to_string())?;
-            req.insert_header("accept", "application/json").map_err(|e| e.to_string())?;
-            session.write_request_header(Box::new(req)).await.map_err(|e| e.to_string())?;
-            session.finish_request_body().await.map_err(|e| e.to_string())?;
-            session.read_response_header().await.map_err(|e| e.to_string())?;
-            let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            let (mut session, _) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut req =
+                RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+            req.insert_header("host", &endpoint.authority)
+                .map_err(|e| e.to_string())?;
+            req.insert_header("accept", "application/json")
+                .map_err(|e| e.to_string())?;
+            session
+                .write_request_header(Box::new(req))
+                .await
+                .map_err(|e| e.to_string())?;
+            session
+                .finish_request_body()
+                .await
+                .map_err(|e| e.to_string())?;
+            session
+                .read_response_header()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = session
+                .response_header()
+                .map(|h| h.status.as_u16())
+                .unwrap_or(0);
             if status != 200 {
                 return Err(format!("status {status}"));
             }
             let mut body = Vec::new();
-            while let Some(chunk) = session.read_response_body().await.map_err(|e| e.to_string())? {
+            while let Some(chunk) = session
+                .read_response_body()
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 body.extend_from_slice(&chunk);
                 if body.len() > JWKS_MAX_BYTES {
                     return Err("the JWKS document is too large".into());
@@ -193,42 +255,110 @@ mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     fn token(secret: &str, claims: serde_json::Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn rules(issuer: Option<&str>, audience: Option<&str>) -> jwt::Validation {
-        jwt::Validation { issuer: issuer.map(String::from), audience: audience.map(String::from), leeway_seconds: 0 }
+        jwt::Validation {
+            issuer: issuer.map(String::from),
+            audience: audience.map(String::from),
+            leeway_seconds: 0,
+        }
     }
 
     fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     #[tokio::test]
     async fn hs256_tokens_verify_with_issuer_and_audience() {
         let v = JwtVerifier::new();
-        let t = token("s3cret", serde_json::json!({"sub":"alice","team":"research","iss":"idp","aud":"gw","exp": now() + 60}));
-        let claims = v.verify(&t, jwt::Key::Hs256Secret("s3cret".into()), rules(Some("idp"), Some("gw"))).await.unwrap();
-        assert!(claims.iter().any(|c| c.name == "sub" && c.value == "\"alice\""));
-        assert!(v.verify(&t, jwt::Key::Hs256Secret("wrong".into()), rules(None, None)).await.is_err());
-        assert!(v.verify(&t, jwt::Key::Hs256Secret("s3cret".into()), rules(Some("other"), None)).await.is_err());
-        assert!(v.verify(&t, jwt::Key::Hs256Secret("s3cret".into()), rules(None, Some("other"))).await.is_err());
+        let t = token(
+            "s3cret",
+            serde_json::json!({"sub":"alice","team":"research","iss":"idp","aud":"gw","exp": now() + 60}),
+        );
+        let claims = v
+            .verify(
+                &t,
+                jwt::Key::Hs256Secret("s3cret".into()),
+                rules(Some("idp"), Some("gw")),
+            )
+            .await
+            .unwrap();
+        assert!(claims
+            .iter()
+            .any(|c| c.name == "sub" && c.value == "\"alice\""));
+        assert!(v
+            .verify(&t, jwt::Key::Hs256Secret("wrong".into()), rules(None, None))
+            .await
+            .is_err());
+        assert!(v
+            .verify(
+                &t,
+                jwt::Key::Hs256Secret("s3cret".into()),
+                rules(Some("other"), None)
+            )
+            .await
+            .is_err());
+        assert!(v
+            .verify(
+                &t,
+                jwt::Key::Hs256Secret("s3cret".into()),
+                rules(None, Some("other"))
+            )
+            .await
+            .is_err());
     }
 
     #[tokio::test]
     async fn expired_and_malformed_tokens_are_refused() {
         let v = JwtVerifier::new();
         let t = token("k", serde_json::json!({"sub":"a","exp": now() - 120}));
-        assert!(v.verify(&t, jwt::Key::Hs256Secret("k".into()), rules(None, None)).await.unwrap_err().contains("Expired"));
-        assert!(v.verify("not.a.jwt", jwt::Key::Hs256Secret("k".into()), rules(None, None)).await.is_err());
+        assert!(v
+            .verify(&t, jwt::Key::Hs256Secret("k".into()), rules(None, None))
+            .await
+            .unwrap_err()
+            .contains("Expired"));
+        assert!(v
+            .verify(
+                "not.a.jwt",
+                jwt::Key::Hs256Secret("k".into()),
+                rules(None, None)
+            )
+            .await
+            .is_err());
         let no_exp = token("k", serde_json::json!({"sub":"a"}));
-        assert!(v.verify(&no_exp, jwt::Key::Hs256Secret("k".into()), rules(None, None)).await.is_err());
+        assert!(v
+            .verify(
+                &no_exp,
+                jwt::Key::Hs256Secret("k".into()),
+                rules(None, None)
+            )
+            .await
+            .is_err());
     }
 
     #[tokio::test]
     async fn a_key_of_the_wrong_kind_is_refused() {
         let v = JwtVerifier::new();
         let t = token("k", serde_json::json!({"sub":"a","exp": now() + 60}));
-        assert!(v.verify(&t, jwt::Key::PublicKeyPem("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----".into()), rules(None, None)).await.is_err());
+        assert!(v
+            .verify(
+                &t,
+                jwt::Key::PublicKeyPem(
+                    "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----".into()
+                ),
+                rules(None, None)
+            )
+            .await
+            .is_err());
     }
 }

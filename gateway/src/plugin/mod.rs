@@ -17,6 +17,7 @@ pub mod engine;
 pub mod host;
 pub mod instance;
 pub mod jwt;
+pub mod offline;
 pub mod pipeline;
 pub mod view;
 

@@ -59,8 +59,16 @@ impl Completions {
 
 impl Pipeline {
     /// A pipeline of `plugins`, running `on-complete` on `background`.
-    pub fn new(plugins: Vec<Arc<LoadedPlugin>>, completions: Arc<Completions>, background: tokio::runtime::Handle) -> Self {
-        Self { plugins, completions, background }
+    pub fn new(
+        plugins: Vec<Arc<LoadedPlugin>>,
+        completions: Arc<Completions>,
+        background: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            plugins,
+            completions,
+            background,
+        }
     }
 
     /// The plugins, in order.
@@ -86,7 +94,10 @@ impl Pipeline {
 
 impl std::fmt::Debug for PipelineRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineRun").field("plugins", &self.instances.len()).field("denied_by", &self.denied_by).finish()
+        f.debug_struct("PipelineRun")
+            .field("plugins", &self.instances.len())
+            .field("denied_by", &self.denied_by)
+            .finish()
     }
 }
 
@@ -102,7 +113,9 @@ pub struct PipelineRun {
 impl PipelineRun {
     /// The request as the plugins left it.
     pub fn view(&self) -> &RequestView {
-        self.view.as_deref().expect("the view is only out during a call")
+        self.view
+            .as_deref()
+            .expect("the view is only out during a call")
     }
 
     /// The plugin that denied the request, if one did.
@@ -116,7 +129,10 @@ impl PipelineRun {
         for plugin in pipeline.plugins.iter() {
             if !plugin.breaker_allows() {
                 self.instances.push(None);
-                let failure = PluginFailure { kind: FailureKind::BreakerOpen, message: "its breaker is open".into() };
+                let failure = PluginFailure {
+                    kind: FailureKind::BreakerOpen,
+                    message: "its breaker is open".into(),
+                };
                 self.fail(plugin, "on_request", &failure)?;
                 continue;
             }
@@ -158,8 +174,17 @@ impl PipelineRun {
     }
 
     /// Logs a failure and applies the plugin's `on_error`.
-    fn fail(&mut self, plugin: &LoadedPlugin, phase: &str, failure: &PluginFailure) -> Result<(), Denial> {
-        let request_id = self.view.as_ref().map(|v| v.request_id.clone()).unwrap_or_default();
+    fn fail(
+        &mut self,
+        plugin: &LoadedPlugin,
+        phase: &str,
+        failure: &PluginFailure,
+    ) -> Result<(), Denial> {
+        let request_id = self
+            .view
+            .as_ref()
+            .map(|v| v.request_id.clone())
+            .unwrap_or_default();
         tracing::warn!(
             target: "gateway::plugin",
             plugin = %plugin.name,
@@ -186,15 +211,25 @@ impl PipelineRun {
 
     /// Runs `on-response` for the plugins that ran `on-request`, and returns the headers they
     /// set for the client.
-    pub async fn on_response(&mut self, status: u16, headers: &http::HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    pub async fn on_response(
+        &mut self,
+        status: u16,
+        headers: &http::HeaderMap,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
         {
             let view = self.view.as_mut().expect("view present between calls");
             view.phase = Phase::Response;
-            view.response = Some(ResponseView { status, headers: headers.clone(), set: Vec::new() });
+            view.response = Some(ResponseView {
+                status,
+                headers: headers.clone(),
+                set: Vec::new(),
+            });
         }
         let pipeline = Arc::clone(&self.pipeline);
         for (plugin, slot) in pipeline.plugins.iter().zip(self.instances.iter_mut()) {
-            let Some(instance) = slot.as_mut() else { continue };
+            let Some(instance) = slot.as_mut() else {
+                continue;
+            };
             let view = self.view.take().expect("view present between calls");
             let (view, result) = instance.on_response(plugin, view).await;
             self.view = Some(view);
@@ -205,7 +240,10 @@ impl PipelineRun {
             }
         }
         let view = self.view.as_mut().expect("view present between calls");
-        view.response.as_mut().map(|r| std::mem::take(&mut r.set)).unwrap_or_default()
+        view.response
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.set))
+            .unwrap_or_default()
     }
 
     /// Hands the completion to every plugin that ran, off the client's path, then returns the

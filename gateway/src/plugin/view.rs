@@ -135,8 +135,14 @@ impl RequestView {
         if self.model.is_none() {
             return Err("this operation names no model".into());
         }
-        if model.is_empty() || model.len() > 2048 || model.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("a model ID has 1 to 2048 characters, none of them spaces or control characters".into());
+        if model.is_empty()
+            || model.len() > 2048
+            || model.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(
+                "a model ID has 1 to 2048 characters, none of them spaces or control characters"
+                    .into(),
+            );
         }
         self.model = Some(model);
         self.model_rewritten_by = Some(plugin.to_string());
@@ -160,7 +166,9 @@ impl RequestView {
         }
         let (name, value) = parse_header(name, value)?;
         if !forwards_request_header(name.as_str()) {
-            return Err(format!("`{name}` is managed by the gateway and cannot be set"));
+            return Err(format!(
+                "`{name}` is managed by the gateway and cannot be set"
+            ));
         }
         self.headers.insert(name, value);
         Ok(())
@@ -207,8 +215,13 @@ impl RequestView {
             return Err("response headers can only be set in on-response".into());
         }
         let (name, value) = parse_header(name, value)?;
-        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "content-type" | "x-request-id") {
-            return Err(format!("`{name}` is managed by the gateway and cannot be set"));
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection" | "content-type" | "x-request-id"
+        ) {
+            return Err(format!(
+                "`{name}` is managed by the gateway and cannot be set"
+            ));
         }
         let Some(response) = self.response.as_mut() else {
             return Err("there is no response".into());
@@ -222,7 +235,8 @@ impl RequestView {
 fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
     let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    let value = HeaderValue::from_str(value).map_err(|_| format!("the value for `{name}` is not a valid header value"))?;
+    let value = HeaderValue::from_str(value)
+        .map_err(|_| format!("the value for `{name}` is not a valid header value"))?;
     Ok((name, value))
 }
 
@@ -262,7 +276,10 @@ mod tests {
     fn body_json_by_pointer_is_parsed_once_and_bounded() {
         let mut v = view();
         assert_eq!(v.body_json("/max_tokens", 1000).as_deref(), Some("100"));
-        assert_eq!(v.body_json("/messages/0/role", 1000).as_deref(), Some("\"user\""));
+        assert_eq!(
+            v.body_json("/messages/0/role", 1000).as_deref(),
+            Some("\"user\"")
+        );
         assert_eq!(v.body_json("/nope", 1000), None);
         assert_eq!(v.body_json("", 5), None);
     }
@@ -278,8 +295,14 @@ mod tests {
         v.phase = Phase::Response;
         assert!(v.set_request_header("x-team", "b").is_err());
         assert!(v.set_model("p", "x".into()).is_err());
-        assert!(v.set_response_header("x-a", "1").is_err(), "no response yet");
-        v.response = Some(ResponseView { status: 200, ..Default::default() });
+        assert!(
+            v.set_response_header("x-a", "1").is_err(),
+            "no response yet"
+        );
+        v.response = Some(ResponseView {
+            status: 200,
+            ..Default::default()
+        });
         assert!(v.set_response_header("x-a", "1").is_ok());
         assert!(v.set_response_header("content-length", "1").is_err());
     }

@@ -14,8 +14,16 @@ use super::{RateCheck, StateError, StateStore};
 
 #[derive(Debug)]
 enum Entry {
-    Counter { value: i64, expires: Option<Instant> },
-    Window { start: Instant, window: Duration, current: u64, previous: u64 },
+    Counter {
+        value: i64,
+        expires: Option<Instant>,
+    },
+    Window {
+        start: Instant,
+        window: Duration,
+        current: u64,
+        previous: u64,
+    },
 }
 
 /// Counters and windows in this process's memory.
@@ -57,7 +65,14 @@ impl MemoryStore {
         });
     }
 
-    fn rate_at(&self, key: &str, limit: u64, window: Duration, cost: u64, now: Instant) -> Result<RateCheck, StateError> {
+    fn rate_at(
+        &self,
+        key: &str,
+        limit: u64,
+        window: Duration,
+        cost: u64,
+        now: Instant,
+    ) -> Result<RateCheck, StateError> {
         let window = window.max(Duration::from_millis(1));
         let mut map = self.lock()?;
         Self::sweep(&mut map, now);
@@ -65,12 +80,27 @@ impl MemoryStore {
         let since = now.duration_since(self.epoch).as_nanos();
         let aligned = since - since % window.as_nanos();
         let start = self.epoch + Duration::from_nanos(aligned as u64);
-        let entry = map.entry(key.to_string()).or_insert(Entry::Window { start, window, current: 0, previous: 0 });
-        let Entry::Window { start: s, window: w, current, previous } = entry else {
+        let entry = map.entry(key.to_string()).or_insert(Entry::Window {
+            start,
+            window,
+            current: 0,
+            previous: 0,
+        });
+        let Entry::Window {
+            start: s,
+            window: w,
+            current,
+            previous,
+        } = entry
+        else {
             return Err(StateError::WrongType(key.to_string()));
         };
         if *w != window || start > *s {
-            let periods = if *w == window { (start.duration_since(*s).as_nanos() / window.as_nanos()) as u64 } else { 2 };
+            let periods = if *w == window {
+                (start.duration_since(*s).as_nanos() / window.as_nanos()) as u64
+            } else {
+                2
+            };
             *previous = if periods == 1 { *current } else { 0 };
             *current = 0;
             *s = start;
@@ -81,7 +111,11 @@ impl MemoryStore {
         let used = weighted_previous + *current;
         if used + cost <= limit {
             *current += cost;
-            Ok(RateCheck { allowed: true, remaining: limit - used - cost, retry_after: Duration::ZERO })
+            Ok(RateCheck {
+                allowed: true,
+                remaining: limit - used - cost,
+                retry_after: Duration::ZERO,
+            })
         } else {
             // Enough frees up when the previous window's weight has decayed, or at the next roll.
             let retry_after = if *previous > 0 && *current + cost <= limit {
@@ -91,7 +125,11 @@ impl MemoryStore {
             } else {
                 (*s + window).saturating_duration_since(now)
             };
-            Ok(RateCheck { allowed: false, remaining: limit.saturating_sub(used), retry_after: retry_after.max(Duration::from_millis(1)) })
+            Ok(RateCheck {
+                allowed: false,
+                remaining: limit.saturating_sub(used),
+                retry_after: retry_after.max(Duration::from_millis(1)),
+            })
         }
     }
 }
@@ -102,9 +140,15 @@ impl StateStore for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock()?;
         Self::sweep(&mut map, now);
-        let fresh = || Entry::Counter { value: 0, expires: (!ttl.is_zero()).then(|| now + ttl) };
+        let fresh = || Entry::Counter {
+            value: 0,
+            expires: (!ttl.is_zero()).then(|| now + ttl),
+        };
         let entry = map.entry(key.to_string()).or_insert_with(fresh);
-        if let Entry::Counter { expires: Some(t), .. } = entry {
+        if let Entry::Counter {
+            expires: Some(t), ..
+        } = entry
+        {
             if *t <= now {
                 *entry = fresh();
             }
@@ -121,13 +165,21 @@ impl StateStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<i64>, StateError> {
         let now = Instant::now();
         match self.lock()?.get(key) {
-            Some(Entry::Counter { value, expires }) if expires.is_none_or(|t| t > now) => Ok(Some(*value)),
+            Some(Entry::Counter { value, expires }) if expires.is_none_or(|t| t > now) => {
+                Ok(Some(*value))
+            }
             Some(Entry::Counter { .. }) | None => Ok(None),
             Some(Entry::Window { .. }) => Err(StateError::WrongType(key.to_string())),
         }
     }
 
-    async fn check_rate(&self, key: &str, limit: u64, window: Duration, cost: u64) -> Result<RateCheck, StateError> {
+    async fn check_rate(
+        &self,
+        key: &str,
+        limit: u64,
+        window: Duration,
+        cost: u64,
+    ) -> Result<RateCheck, StateError> {
         self.rate_at(key, limit, window, cost, Instant::now())
     }
 }
@@ -188,6 +240,9 @@ mod tests {
     async fn counters_and_windows_do_not_mix() {
         let s = MemoryStore::new();
         s.incr("x", 1, Duration::ZERO).await.unwrap();
-        assert!(s.check_rate("x", 1, Duration::from_secs(1), 1).await.is_err());
+        assert!(s
+            .check_rate("x", 1, Duration::from_secs(1), 1)
+            .await
+            .is_err());
     }
 }

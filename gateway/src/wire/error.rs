@@ -86,7 +86,8 @@ impl GatewayError {
     /// Seconds the client should wait before retrying, when the error says.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            GatewayError::Throttled { retry_after, .. } | GatewayError::Denied { retry_after, .. } => *retry_after,
+            GatewayError::Throttled { retry_after, .. }
+            | GatewayError::Denied { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -177,8 +178,19 @@ mod tests {
 
     #[test]
     fn plugin_denials_map_to_the_exception_of_their_status() {
-        for (status, name) in [(401, "AccessDeniedException"), (403, "AccessDeniedException"), (429, "ThrottlingException"), (400, "ValidationException"), (503, "ServiceUnavailableException")] {
-            let r = GatewayError::Denied { status, message: "m".into(), retry_after: Some(3) }.render(FrontDoor::Bedrock);
+        for (status, name) in [
+            (401, "AccessDeniedException"),
+            (403, "AccessDeniedException"),
+            (429, "ThrottlingException"),
+            (400, "ValidationException"),
+            (503, "ServiceUnavailableException"),
+        ] {
+            let r = GatewayError::Denied {
+                status,
+                message: "m".into(),
+                retry_after: Some(3),
+            }
+            .render(FrontDoor::Bedrock);
             assert_eq!(r.status, status);
             assert_eq!(r.headers[0].1, name);
             assert!(r.headers.contains(&("retry-after", "3".to_string())));
