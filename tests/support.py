@@ -235,7 +235,7 @@ def make_test_pki(directory: str | os.PathLike) -> dict[str, str]:
 
 def gateway_config(*, port: int, admin_port: int, backends: list[dict], max_request_body: str = "20MiB",
                    connect: str = "2s", first_byte: str = "30s", idle: str = "30s",
-                   tls: tuple[str, str] | None = None, extra_server: str = "") -> str:
+                   tls: tuple[str, str] | None = None, extra_server: str = "", extra: str = "") -> str:
     def val(v):
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -253,7 +253,18 @@ def gateway_config(*, port: int, admin_port: int, backends: list[dict], max_requ
               "", "[front_doors.bedrock]", 'prefix = "/bedrock"']
     for b in backends:
         lines += ["", "[[backends]]"] + [f"{k} = {val(v)}" for k, v in b.items()]
+    if extra:
+        lines += ["", extra]
     return "\n".join(lines) + "\n"
+
+
+def plugin_path(name: str) -> str:
+    """A stock plugin (target/plugins) or, failing that, a test plugin (target/test-plugins)."""
+    for d in ("plugins", "test-plugins"):
+        p = ROOT / "target" / d / f"{name}.wasm"
+        if p.exists():
+            return str(p)
+    raise RuntimeError(f"plugin {name} is not built: run `make plugins`")
 
 
 def mock_backend(mock, **kw) -> dict:

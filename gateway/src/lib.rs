@@ -34,6 +34,7 @@ pub mod frontdoor;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod upstream;

@@ -28,6 +28,9 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listeners over from a running gateway (send it SIGQUIT once this one starts).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration: print each problem with its key path, exit non-zero if any.
     Check {
@@ -95,7 +98,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            upgrade,
+        } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
@@ -105,7 +111,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match gateway::server::run(config) {
+            match gateway::server::run(config, &path, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gateway: {e}");

@@ -26,6 +26,7 @@ use crate::plugin::jwt::JwtVerifier;
 use crate::plugin::pipeline::Completions;
 use crate::plugin::{HostServices, Pipeline, PluginEngine, PluginError};
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::state::MemoryStore;
 use crate::upstream::Upstreams;
 
@@ -74,7 +75,10 @@ impl ShutdownSignalWatch for ShutdownSignals {
 }
 
 /// Runs the gateway until it is told to stop, then flushes what must not be lost.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// `config_path` is read again on every reload.
+/// With `upgrade`, the listeners are taken over from a running gateway (which is then sent
+/// `SIGQUIT`) instead of being bound anew.
+pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Result<(), StartError> {
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gw-background")
@@ -126,6 +130,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
         Arc::clone(&completions),
         background.handle().clone(),
     )));
+    let reloader = Reloader::new(
+        config_path.to_path_buf(),
+        config.clone(),
+        Arc::clone(&engine),
+        Arc::clone(&pipeline),
+        Arc::clone(&completions),
+        background.handle().clone(),
+        &metrics,
+    );
+    if let Err(e) = reloader.watch() {
+        tracing::error!(error = %e, "configuration changes will not be picked up automatically; use SIGHUP or POST /admin/reload");
+    }
+    reloader.reload_on_sighup();
 
     let conf = ServerConf {
         threads: config.server.threads.unwrap_or_else(|| {
@@ -134,10 +151,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 .unwrap_or(1)
         }),
         grace_period_seconds: Some(0),
+        upgrade_sock: config.server.upgrade_sock.clone(),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.0.as_secs()),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let gateway = Gateway::new(
@@ -161,7 +183,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin::new(upstreams, Arc::clone(&metrics))),
+        HttpServer::new_app(Admin::new(
+            upstreams,
+            Arc::clone(&metrics),
+            Arc::clone(&reloader),
+            config.admin.token.clone(),
+        )),
     );
     admin.add_tcp(&config.server.admin_listen);
 

@@ -4,6 +4,12 @@
 //! - `GET /readyz`: 200 when every backend can authenticate (credentials loaded or an API key
 //!   set) and has a resolved address; 503 with the reasons otherwise.
 //! - `GET /metrics`: Prometheus text.
+//! - `GET /status`: version, uptime, configuration generation, plugins with their content
+//!   hashes, backends with their health, the last reload error.
+//! - `POST /admin/reload`: reloads the configuration; answers the new generation or the error.
+//!
+//! With `[admin] token` set, `/status`, `/metrics` and `/admin/*` require
+//! `Authorization: Bearer <token>`; the health checks never do.
 //!
 //! It listens on its own address (loopback by default), apart from client traffic.
 
@@ -15,18 +21,59 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::upstream::Upstreams;
 
 /// The admin HTTP application.
 pub struct Admin {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
+    token: Option<String>,
 }
 
 impl Admin {
-    /// Admin endpoints over the gateway's upstreams and metrics.
-    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>) -> Self {
-        Self { upstreams, metrics }
+    /// Admin endpoints over the gateway's upstreams, metrics and reloader.
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+        reloader: Arc<Reloader>,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            upstreams,
+            metrics,
+            reloader,
+            token: token.filter(|t| !t.is_empty()),
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+
+    fn backends(&self) -> serde_json::Value {
+        self.upstreams
+            .backends()
+            .iter()
+            .map(|b| {
+                let health = match b.ready() {
+                    Ok(()) => serde_json::json!({ "ready": true }),
+                    Err(why) => serde_json::json!({ "ready": false, "reason": why }),
+                };
+                serde_json::json!({ "name": &*b.name, "kind": b.kind(), "health": health })
+            })
+            .collect()
     }
 
     fn readiness(&self) -> (u16, serde_json::Value) {
@@ -57,11 +104,34 @@ fn json(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
         .expect("a static response head is valid")
 }
 
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let head = session.req_header();
-        match (head.method.as_str(), head.uri.path()) {
+        let (method, path) = {
+            let head = session.req_header();
+            (
+                head.method.as_str().to_string(),
+                head.uri.path().to_string(),
+            )
+        };
+        let open = matches!(path.as_str(), "/healthz" | "/readyz");
+        if !open && !self.authorized(session) {
+            return json(401, serde_json::json!({ "error": "admin token required" }));
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/status") => json(200, self.reloader.status(self.backends())),
+            ("POST", "/admin/reload") => match self.reloader.reload("admin API").await {
+                Ok(report) => json(200, serde_json::to_value(report).unwrap_or_default()),
+                Err(error) => json(
+                    422,
+                    serde_json::json!({ "error": error, "generation": self.reloader.generation() }),
+                ),
+            },
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
             ("GET", "/readyz") => {
                 let (status, body) = self.readiness();

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::config::{ByteSize, HumanDuration};
 
 /// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// The file records are appended to.

@@ -24,7 +24,7 @@ use serde::Deserialize;
 pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Listeners and server-wide limits.
@@ -46,6 +46,18 @@ pub struct Config {
     pub plugin_runtime: PluginRuntimeConfig,
     /// The durable audit sink; without it, audit records go to the log.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token required for `/status`, `/metrics` and `/admin/*` (health checks stay open).
+    /// Required when `server.admin_listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 /// What happens to a request when a plugin fails (trap, timeout, memory overrun, bad return).
@@ -71,7 +83,7 @@ pub enum Isolation {
 }
 
 /// `[[plugins]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Unique name: in logs, metrics, state-key namespaces and `denied_by`.
@@ -102,7 +114,7 @@ pub struct PluginConfig {
 }
 
 /// `[plugin_runtime]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRuntimeConfig {
     /// Most plugin instances alive at once, all plugins together (the pooling allocator's size).
@@ -149,7 +161,7 @@ fn default_breaker_cooldown() -> HumanDuration {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Data-plane listen address.
@@ -171,10 +183,14 @@ pub struct ServerConfig {
     /// How long shutdown waits for requests in flight to finish.
     #[serde(default = "default_grace_period")]
     pub grace_period: HumanDuration,
+    /// The Unix socket through which a new process takes over the listeners on `SIGQUIT`
+    /// (binary upgrades without dropping connections).
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
 }
 
 /// `[timeouts]`: how long the gateway waits on an upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     /// TCP and TLS connection set-up.
@@ -199,7 +215,7 @@ impl Default for TimeoutsConfig {
 }
 
 /// `[front_doors]`: the client protocols and their path prefixes.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FrontDoorsConfig {
     /// The Amazon Bedrock front door.
@@ -208,7 +224,7 @@ pub struct FrontDoorsConfig {
 }
 
 /// `[front_doors.bedrock]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BedrockFrontDoorConfig {
     /// Path prefix clients put in `ANTHROPIC_BEDROCK_BASE_URL` / `endpoint_url`.
@@ -233,7 +249,7 @@ pub enum BackendKind {
 }
 
 /// `[[backends]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Unique name, used by routes, logs and the usage record.
@@ -260,6 +276,9 @@ fn default_client_body_timeout() -> HumanDuration {
 }
 fn default_grace_period() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/llm-gateway-upgrade.sock".to_string()
 }
 fn default_connect() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
@@ -358,6 +377,14 @@ impl Config {
                 problem(
                     key.into(),
                     format!("`{value}` is not an address like 127.0.0.1:8080"),
+                );
+            }
+        }
+        if let Ok(addr) = self.server.admin_listen.parse::<SocketAddr>() {
+            if !addr.ip().is_loopback() && self.admin.token.as_deref().unwrap_or("").is_empty() {
+                problem(
+                    "admin.token".into(),
+                    "required when server.admin_listen is not a loopback address".into(),
                 );
             }
         }

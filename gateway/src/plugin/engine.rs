@@ -35,6 +35,8 @@ const MAX_PLUGIN_MEMORY: usize = 256 * 1024 * 1024;
 /// The shared engine every plugin runs on.
 pub struct PluginEngine {
     engine: Engine,
+    /// Compiled components by the SHA-256 of their file, so reloads skip unchanged plugins.
+    components: std::sync::Mutex<std::collections::HashMap<String, Component>>,
     linker: Linker<HostState>,
     services: Arc<HostServices>,
     runtime: PluginRuntimeConfig,
@@ -97,6 +99,7 @@ impl PluginEngine {
 
         Ok(Self {
             engine,
+            components: std::sync::Mutex::new(std::collections::HashMap::new()),
             linker,
             services,
             runtime: runtime.clone(),
@@ -162,6 +165,27 @@ impl PluginEngine {
         PluginPre::new(pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))
     }
 
+    /// Whether the file at `path` is already compiled (reads and hashes it).
+    pub async fn is_cached(&self, path: &std::path::Path) -> bool {
+        match tokio::fs::read(path).await {
+            Ok(bytes) => {
+                let hash = content_hash(&bytes);
+                self.components
+                    .lock()
+                    .map(|c| c.contains_key(&hash))
+                    .unwrap_or(false)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Drops cached components no loaded plugin uses any more.
+    pub fn retain_cached(&self, keep: &std::collections::HashSet<String>) {
+        if let Ok(mut cache) = self.components.lock() {
+            cache.retain(|hash, _| keep.contains(hash));
+        }
+    }
+
     /// Loads, links and smoke-tests one configured plugin.
     pub async fn load(
         self: &Arc<Self>,
@@ -180,10 +204,24 @@ impl PluginEngine {
         bytes: Vec<u8>,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let hash = content_hash(&bytes);
-        let this = Arc::clone(self);
-        let component = tokio::task::spawn_blocking(move || this.compile(&bytes))
-            .await
-            .map_err(|e| PluginError::Engine(format!("compilation task failed: {e}")))??;
+        let cached = self
+            .components
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&hash).cloned());
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let this = Arc::clone(self);
+                let component = tokio::task::spawn_blocking(move || this.compile(&bytes))
+                    .await
+                    .map_err(|e| PluginError::Engine(format!("compilation task failed: {e}")))??;
+                if let Ok(mut cache) = self.components.lock() {
+                    cache.insert(hash.clone(), component.clone());
+                }
+                component
+            }
+        };
         let pre = self.link(&component)?;
         let plugin = Arc::new(LoadedPlugin::new(
             Arc::clone(self),

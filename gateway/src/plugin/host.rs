@@ -496,8 +496,12 @@ impl audit::Host for HostState {
             return Ok(Err(e));
         }
         match serde_json::from_str::<serde_json::Value>(&record) {
-            Ok(serde_json::Value::Object(_)) => {
-                self.services.audit.emit_line(record);
+            Ok(serde_json::Value::Object(mut fields)) => {
+                // The host vouches for which configuration served the request.
+                if let Some(view) = &self.view {
+                    fields.insert("config_generation".into(), view.generation.into());
+                }
+                self.services.audit.emit(&serde_json::Value::Object(fields));
                 Ok(Ok(()))
             }
             Ok(_) => Ok(Err("an audit record must be a JSON object".into())),

@@ -33,6 +33,7 @@ pub struct Denial {
 /// Plugins in the order requests run through them.
 pub struct Pipeline {
     plugins: Vec<Arc<LoadedPlugin>>,
+    generation: u64,
     completions: Arc<Completions>,
     background: tokio::runtime::Handle,
 }
@@ -66,9 +67,21 @@ impl Pipeline {
     ) -> Self {
         Self {
             plugins,
+            generation: 1,
             completions,
             background,
         }
+    }
+
+    /// The same pipeline, labelled as configuration generation `generation`.
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// The configuration generation this pipeline belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The plugins, in order.
@@ -82,7 +95,8 @@ impl Pipeline {
     }
 
     /// Starts a request's run.
-    pub fn start(self: &Arc<Self>, view: Box<RequestView>) -> PipelineRun {
+    pub fn start(self: &Arc<Self>, mut view: Box<RequestView>) -> PipelineRun {
+        view.generation = self.generation;
         PipelineRun {
             pipeline: Arc::clone(self),
             instances: Vec::with_capacity(self.plugins.len()),
@@ -246,32 +260,39 @@ impl PipelineRun {
             .unwrap_or_default()
     }
 
-    /// Hands the completion to every plugin that ran, off the client's path, then returns the
-    /// instances to their pools.
-    pub fn complete(mut self, completion: types::Completion) {
-        let pipeline = Arc::clone(&self.pipeline);
-        let completions = Arc::clone(&pipeline.completions);
+    /// Hands the completion to every plugin that ran, off the client's path (on the background
+    /// runtime), then returns the instances to their pools.
+    pub fn complete(self, completion: types::Completion) {
+        let completions = Arc::clone(&self.pipeline.completions);
         completions.pending.fetch_add(1, Ordering::AcqRel);
-        let Some(mut view) = self.view.take() else {
-            completions.pending.fetch_sub(1, Ordering::AcqRel);
-            return;
-        };
-        let instances = std::mem::take(&mut self.instances);
-        pipeline.background.clone().spawn(async move {
-            view.phase = Phase::Complete;
-            for (plugin, instance) in pipeline.plugins.iter().zip(instances) {
-                let Some(mut instance) = instance else { continue };
-                let (back, result) = instance.on_complete(plugin, view, &completion).await;
-                view = back;
-                match result {
-                    Ok(()) => plugin.give_back(instance),
-                    Err(failure) => {
-                        plugin.record(false);
-                        tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_complete", failure = failure.kind.as_str(), request_id = %view.request_id, "plugin failed: {}", failure.message);
-                    }
-                }
-            }
+        let background = self.pipeline.background.clone();
+        background.spawn(async move {
+            self.finish(completion).await;
             completions.pending.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Runs `on-complete` for every plugin that ran, here and now, then returns the instances
+    /// to their pools. [`PipelineRun::complete`] is this, off the client's path.
+    pub async fn finish(mut self, completion: types::Completion) {
+        let Some(mut view) = self.view.take() else {
+            return;
+        };
+        view.phase = Phase::Complete;
+        let instances = std::mem::take(&mut self.instances);
+        for (plugin, instance) in self.pipeline.plugins.iter().zip(instances) {
+            let Some(mut instance) = instance else {
+                continue;
+            };
+            let (back, result) = instance.on_complete(plugin, view, &completion).await;
+            view = back;
+            match result {
+                Ok(()) => plugin.give_back(instance),
+                Err(failure) => {
+                    plugin.record(false);
+                    tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_complete", failure = failure.kind.as_str(), request_id = %view.request_id, "plugin failed: {}", failure.message);
+                }
+            }
+        }
     }
 }

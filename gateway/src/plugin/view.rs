@@ -68,6 +68,8 @@ pub struct RequestView {
     pub phase: Phase,
     /// The upstream answer, once it arrived.
     pub response: Option<ResponseView>,
+    /// The configuration generation serving the request.
+    pub generation: u64,
     body: Bytes,
     body_json: Option<Option<serde_json::Value>>,
 }
@@ -101,6 +103,7 @@ impl RequestView {
             metadata: BTreeMap::new(),
             phase: Phase::Request,
             response: None,
+            generation: 0,
             body,
             body_json: None,
         }

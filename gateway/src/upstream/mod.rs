@@ -46,6 +46,13 @@ pub enum Provider {
 }
 
 impl Backend {
+    /// The provider kind, as configured.
+    pub fn kind(&self) -> &'static str {
+        match &self.provider {
+            Provider::Bedrock(_) => "bedrock",
+        }
+    }
+
     /// Whether the backend can serve requests now; the reason when not.
     pub fn ready(&self) -> Result<(), String> {
         match &self.provider {

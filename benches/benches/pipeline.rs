@@ -1,0 +1,170 @@
+//! Plugin pipeline cost per request, with real components from `target/test-plugins/`
+//! (`make plugins` builds them).
+//!
+//! Each iteration is one request's whole pipeline work: `on-request`, `on-response` and
+//! `on-complete` for every plugin (run inline here; the gateway runs `on-complete` off the
+//! client's path), including lending and returning pooled instances or, in request isolation,
+//! instantiating fresh ones.
+//!
+//! ```sh
+//! cargo bench -p gateway-benches --bench pipeline
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use gateway::audit::AuditSink;
+use gateway::config::{PluginConfig, PluginRuntimeConfig};
+use gateway::frontdoor::{FrontDoor, Operation};
+use gateway::metrics::Metrics;
+use gateway::plugin::jwt::JwtVerifier;
+use gateway::plugin::pipeline::Completions;
+use gateway::plugin::{
+    Completion, HostServices, Pipeline, PluginEngine, RequestView, WitOutcome, WitUsage,
+};
+use gateway::state::MemoryStore;
+
+fn plugin_config(name: &str, isolation: &str) -> PluginConfig {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make plugins` first",
+        path.display()
+    );
+    toml::from_str(&format!(
+        "name = \"{name}\"\npath = \"{}\"\nisolation = \"{isolation}\"",
+        path.display()
+    ))
+    .unwrap()
+}
+
+fn view(body: &Bytes) -> Box<RequestView> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", "Bearer sk-gw-test".parse().unwrap());
+    headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    headers.insert(
+        "x-claude-code-session-id",
+        "5b3c7a2e-0000-4000-8000-000000000000".parse().unwrap(),
+    );
+    Box::new(RequestView::new(
+        "POST".into(),
+        "/bedrock/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke".into(),
+        FrontDoor::Bedrock,
+        Operation::Invoke,
+        Some("us.anthropic.claude-sonnet-4-5-20250929-v1:0".into()),
+        headers,
+        Some("127.0.0.1".into()),
+        "bench".into(),
+        body.clone(),
+    ))
+}
+
+fn completion() -> Completion {
+    Completion {
+        status: 200,
+        outcome: WitOutcome::Ok,
+        usage: WitUsage {
+            input_tokens: 1000,
+            output_tokens: 100,
+            cache_read_tokens: 50_000,
+            cache_write_tokens: 500,
+        },
+        latency_ms: 1,
+        time_to_first_token_ms: Some(1),
+        request_bytes: 2048,
+        response_bytes: 2048,
+        backend: Some("bench".into()),
+        model_served: Some("m".into()),
+        denied_by: None,
+    }
+}
+
+fn body(size: usize) -> Bytes {
+    let text = "x".repeat(size.saturating_sub(120));
+    Bytes::from(format!(
+        r#"{{"anthropic_version":"bedrock-2023-05-31","max_tokens":1024,"messages":[{{"role":"user","content":"{text}"}}]}}"#
+    ))
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let services = Arc::new(HostServices {
+        state: Arc::new(MemoryStore::new()),
+        audit: AuditSink::collecting().0,
+        metrics: Arc::new(Metrics::new()),
+        jwt: JwtVerifier::new(),
+    });
+    let engine = Arc::new(PluginEngine::new(&PluginRuntimeConfig::default(), services).unwrap());
+    let completions = Arc::new(Completions::default());
+    let pipeline = |names: &[&str], isolation: &str| {
+        let plugins = names
+            .iter()
+            .map(|n| {
+                rt.block_on(engine.load(&plugin_config(n, isolation)))
+                    .unwrap()
+            })
+            .collect();
+        Arc::new(Pipeline::new(
+            plugins,
+            Arc::clone(&completions),
+            rt.handle().clone(),
+        ))
+    };
+    let upstream_headers = http::HeaderMap::new();
+    let small = body(2 * 1024);
+    let large = body(256 * 1024);
+
+    let mut group = c.benchmark_group("pipeline per request");
+    for isolation in ["pooled", "request"] {
+        for (label, names) in [
+            ("0 plugins", vec![]),
+            ("1 trivial", vec!["noop"]),
+            ("4 trivial", vec!["noop"; 4]),
+        ] {
+            let p = pipeline(&names, isolation);
+            group.bench_function(BenchmarkId::new(isolation, label), |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let mut run = p.start(view(&small));
+                        run.on_request().await.unwrap();
+                        run.on_response(200, &upstream_headers).await;
+                        run.finish(completion()).await;
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+
+    // The body is handed to plugins only when they ask: a plugin that does not ask costs the
+    // same whatever the body's size.
+    let mut group = c.benchmark_group("body not asked for");
+    let p = pipeline(&["noop"], "pooled");
+    for (label, b) in [("2 KiB body", &small), ("256 KiB body", &large)] {
+        group.bench_function(label, |bench| {
+            bench.iter(|| {
+                rt.block_on(async {
+                    let mut run = p.start(view(b));
+                    run.on_request().await.unwrap();
+                    run.finish(completion()).await;
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);
