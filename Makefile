@@ -6,7 +6,8 @@ STAMPS := target/.stamps
 .PHONY: run build plugins test test-unit test-e2e lint bench setup-system setup-test clean
 
 ## run: build the gateway and the plugins, then serve $(CONFIG)
-run: build plugins
+run: build
+	GATEWAY_BIN=target/release/gateway scripts/build-plugins.sh
 	target/release/gateway check --config $(CONFIG)
 	target/release/gateway run --config $(CONFIG)
 
@@ -14,8 +15,8 @@ run: build plugins
 build: setup-system
 	cargo build --release -p gateway
 
-## plugins: every crate in plugins/ to target/plugins/<name>.wasm
-plugins:
+## plugins: every crate in plugins/ (and the test plugins) to components in target/
+plugins: setup-system
 	scripts/build-plugins.sh
 
 ## test: install what the tests need, then run every test (unit, then end-to-end with real clients)
@@ -23,6 +24,8 @@ test: setup-system setup-test plugins test-unit test-e2e
 
 test-unit:
 	cargo test --workspace
+	cd plugins && cargo test -q
+	cd plugin-sdk/examples/rust && cargo test -q
 
 test-e2e:
 	cargo build -p gateway
@@ -32,6 +35,7 @@ test-e2e:
 lint: setup-system
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cd plugins && cargo fmt --all -- --check && cargo clippy -q --all-targets -- -D warnings
 
 ## bench: the load bench (gateway vs calling the mock directly); writes benches/RESULTS.md
 bench: setup-system

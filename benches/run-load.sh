@@ -22,7 +22,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-COMMAND="benches/run-load.sh${*:+ $*}"
+COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }benches/run-load.sh${*:+ $*}"
+NICENESS=$(nice)
+[[ $NICENESS != 0 ]] && COMMAND="nice -n $NICENESS${GATEWAY_BIN:+ env} $COMMAND"
 
 WRITE=0 BUILD=1 PIN=1 REQUESTS=10000 WARMUP=500 CONNS=16 GW_THREADS=""
 while [[ $# -gt 0 ]]; do
@@ -80,6 +82,8 @@ if [[ $PIN == 1 ]] && command -v taskset >/dev/null && [[ $NPROC -ge 2 ]]; then
     PINNING="taskset: mock-upstream on CPU 0, gateway on CPU 1, loadgen on CPU $load_cpu"
     GW_THREADS=${GW_THREADS:-1}
 fi
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -175,8 +179,8 @@ field() { jq -r "$1 // \"-\" | if type == \"number\" then (. * 10 | round / 10 |
 added() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):+.1f}')" "$1" "$2" 2>/dev/null || echo -; }
 TABLE=$WORK/table.md
 {
-    echo "| kind | conns | requests | direct p50 | direct p99 | via gateway p50 | via gateway p99 | added p50 | added p99 | direct req/s | via gateway req/s | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| kind | conns | requests | direct p50 | direct p99 | via gateway p50 | via gateway p99 | added p50 | added p99 | direct req/s | via gateway req/s | errors | reconnects |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for run in "${RUNS[@]}"; do
         kind=${run%-*} conns=${run##*-}
         d=$WORK/$run-direct.json v=$WORK/$run-via.json
@@ -192,7 +196,7 @@ TABLE=$WORK/table.md
             vp50=$(field ".$m.p50" "$v") vp99=$(field ".$m.p99" "$v")
             echo "| ${labels[$i]} | $conns | $(field .requests "$d") | $dp50 µs | $dp99 µs | $vp50 µs | $vp99 µs |" \
                 "$(added "$dp50" "$vp50") µs | $(added "$dp99" "$vp99") µs | $(field .rps "$d") | $(field .rps "$v") |" \
-                "$(field .errors "$d") / $(field .errors "$v") |"
+                "$(field .errors "$d") / $(field .errors "$v") | $(field .reconnects "$d") / $(field .reconnects "$v") |"
         done
     done
 } >"$TABLE"
@@ -206,11 +210,16 @@ echo "Request body $(field .request_bytes "$WORK/invoke-1-direct.json") B; invok
 if [[ $WRITE == 1 ]]; then
     RESULTS=$ROOT/benches/RESULTS.md
     commit=$(git rev-parse --short HEAD 2>/dev/null || echo "none (nothing committed yet)")
-    [[ -n $(git status --porcelain -- gateway Cargo.lock 2>/dev/null) ]] && commit="$commit (gateway/ has uncommitted changes)"
+    if [[ $GATEWAY_BIN != "$BIN/gateway" ]]; then
+        commit="$commit, but the gateway binary is $GATEWAY_BIN"
+    elif [[ -n $(git status --porcelain -- gateway Cargo.lock 2>/dev/null) ]]; then
+        commit="$commit (gateway/ has uncommitted changes)"
+    fi
     cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)
     SECTION=$WORK/section.md
     {
-        echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $NPROC cores (${cpu:-unknown CPU}), commit $commit."
+        echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $NPROC cores (${cpu:-unknown CPU}), commit $commit;" \
+            "load average before the run: $LOAD_BEFORE."
         echo
         echo "Command: \`$COMMAND\`. $PINNING${GW_THREADS:+; gateway \`threads = $GW_THREADS\`}."
         if [[ $CONNS == 0 ]]; then

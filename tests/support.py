@@ -150,18 +150,19 @@ def raw_request(base: str, method: str, path: str, body: bytes | None = None,
 # ------------------------------------------------------------------------------------------------
 
 def claude_bedrock_env(base_url: str, home: str | os.PathLike, **extra: str) -> dict[str, str]:
-    return minimal_env(
-        home,
-        DISABLE_TELEMETRY="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_USE_BEDROCK="1",
-        ANTHROPIC_BEDROCK_BASE_URL=base_url,
-        CLAUDE_CODE_SKIP_BEDROCK_AUTH="1",
-        AWS_REGION=REGION,
-        ANTHROPIC_AUTH_TOKEN=GW_CREDENTIAL,
-        **{"CLAUDE_CODE_MAX_RETRIES": "2", **extra},
-    )
+    env = {
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_USE_BEDROCK": "1",
+        "ANTHROPIC_BEDROCK_BASE_URL": base_url,
+        "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
+        "AWS_REGION": REGION,
+        "ANTHROPIC_AUTH_TOKEN": GW_CREDENTIAL,
+        "CLAUDE_CODE_MAX_RETRIES": "2",
+    }
+    env.update(extra)
+    return minimal_env(home, **env)
 
 
 def run_claude(env: dict[str, str], prompt: str = "say hello", timeout: float = 120,

@@ -144,6 +144,60 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    // The stock pipeline: what an org runs on day one.
+    let mut group = c.benchmark_group("stock pipeline per request");
+    let empty = Arc::new(Pipeline::new(
+        Vec::new(),
+        Arc::clone(&completions),
+        rt.handle().clone(),
+    ));
+    let stock = {
+        let plugins = stock_plugins()
+            .iter()
+            .map(|c| rt.block_on(engine.load(c)).unwrap())
+            .collect();
+        Arc::new(Pipeline::new(
+            plugins,
+            Arc::clone(&completions),
+            rt.handle().clone(),
+        ))
+    };
+    for (label, p) in [("0 plugins", &empty), ("4 stock plugins", &stock)] {
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut run = p.start(view(&small));
+                    run.on_request().await.unwrap();
+                    run.on_response(200, &upstream_headers).await;
+                    run.finish(completion()).await;
+                })
+            })
+        });
+    }
+    group.finish();
+
+    // Reloading the four stock plugins: compile (cold cache) or not (warm), link, instantiate
+    // and `init` each once, as a reload does.
+    let mut group = c.benchmark_group("reload 4 stock plugins");
+    group.sample_size(10);
+    let configs = stock_plugins();
+    group.bench_function("cold module cache", |b| {
+        b.iter(|| {
+            engine.retain_cached(&Default::default());
+            rt.block_on(engine.load_all(&configs))
+                .map_err(|(n, e)| format!("{n}: {e}"))
+                .unwrap()
+        })
+    });
+    group.bench_function("warm module cache", |b| {
+        b.iter(|| {
+            rt.block_on(engine.load_all(&configs))
+                .map_err(|(n, e)| format!("{n}: {e}"))
+                .unwrap()
+        })
+    });
+    group.finish();
+
     // The body is handed to plugins only when they ask: a plugin that does not ask costs the
     // same whatever the body's size.
     let mut group = c.benchmark_group("body not asked for");

@@ -80,10 +80,16 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(loaded) => match check_plugins(&loaded) {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(problem) => {
+                    eprintln!("{}: {problem}", config.display());
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 for p in &e.0 {
                     eprintln!("{}: {p}", config.display());
@@ -198,4 +204,40 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads every plugin of a valid configuration (compile, link, `init` with its config), so a
+/// plugin that would not start is reported by `check` rather than at start-up.
+fn check_plugins(config: &Config) -> anyhow::Result<()> {
+    if config.plugins.is_empty() {
+        return Ok(());
+    }
+    let services = std::sync::Arc::new(gateway::plugin::HostServices {
+        state: std::sync::Arc::new(gateway::state::MemoryStore::new()),
+        audit: gateway::audit::AuditSink::collecting().0,
+        metrics: std::sync::Arc::new(gateway::metrics::Metrics::new()),
+        jwt: gateway::plugin::jwt::JwtVerifier::new(),
+    });
+    let runtime_config = gateway::config::PluginRuntimeConfig {
+        max_instances: 16,
+        ..config.plugin_runtime.clone()
+    };
+    let engine = std::sync::Arc::new(gateway::plugin::PluginEngine::new(
+        &runtime_config,
+        services,
+    )?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(engine.load_all(&config.plugins))
+        .map(|_| ())
+        .map_err(|(name, e)| {
+            let i = config
+                .plugins
+                .iter()
+                .position(|p| p.name == name)
+                .unwrap_or(0);
+            anyhow::anyhow!("plugins[{i}] ({name}): {e}")
+        })
 }

@@ -321,6 +321,14 @@ impl Gateway {
             }
         }
         let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        // An answer without a length (every stream) is re-framed as chunked for HTTP/1.1
+        // clients; without it the client could only read to the end of the connection, which
+        // costs a new connection per stream and hides truncation.
+        if !head.headers.contains_key(http::header::CONTENT_LENGTH)
+            && head.status != http::StatusCode::NO_CONTENT
+        {
+            let _ = head.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
         if let Some(run) = ctx.plugins.as_mut() {
             for (name, value) in run
                 .get_mut()

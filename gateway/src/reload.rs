@@ -184,31 +184,17 @@ impl Reloader {
             .await
             .map_err(|e| format!("reading the configuration: {e}"))?
             .map_err(|e| e.to_string())?;
-        // Every plugin loads at once: compilation runs on the blocking pool, so new plugins
-        // compile in parallel and cached ones are ready at once.
-        let loads: Vec<_> = config
-            .plugins
+        let loaded = self
+            .engine
+            .load_all(&config.plugins)
+            .await
+            .map_err(|(name, e)| format!("plugin {name}: {e}"))?;
+        let compiled = loaded
             .iter()
-            .cloned()
-            .map(|p| {
-                let engine = Arc::clone(&self.engine);
-                tokio::spawn(async move {
-                    let cached = engine.is_cached(Path::new(&p.path)).await;
-                    let loaded = engine
-                        .load(&p)
-                        .await
-                        .map_err(|e| format!("plugin {}: {e}", p.name))?;
-                    Ok::<_, String>((loaded, (!cached).then_some(p.name)))
-                })
-            })
+            .filter(|l| !l.was_cached)
+            .map(|l| l.plugin.name.to_string())
             .collect();
-        let mut plugins = Vec::new();
-        let mut compiled = Vec::new();
-        for load in loads {
-            let (plugin, fresh) = load.await.map_err(|e| format!("plugin load task: {e}"))??;
-            plugins.push(plugin);
-            compiled.extend(fresh);
-        }
+        let plugins = loaded.into_iter().map(|l| l.plugin).collect();
         let generation = self.generation() + 1;
         let pipeline = Arc::new(
             Pipeline::new(
@@ -291,14 +277,24 @@ impl Reloader {
             .spawn(move || {
                 let mut files = files;
                 loop {
-                    let Ok(first) = rx.recv() else { return };
-                    let mut relevant = touches(&first, &files);
-                    // Debounce: gather everything that arrives until the files are quiet.
-                    while let Ok(event) = rx.recv_timeout(DEBOUNCE) {
-                        relevant |= touches(&event, &files);
-                    }
-                    if !relevant {
+                    let Ok(event) = rx.recv() else { return };
+                    if !touches(&event, &files) {
+                        // Other files in the same directories (an audit log, say) are ignored.
                         continue;
+                    }
+                    // Debounce: wait until the watched files have been quiet for a moment;
+                    // unrelated events neither count nor extend the wait.
+                    let mut quiet_at = Instant::now() + DEBOUNCE;
+                    loop {
+                        let left = quiet_at.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(event) if touches(&event, &files) => {
+                                quiet_at = Instant::now() + DEBOUNCE
+                            }
+                            Ok(_) => {}
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
                     }
                     let reloader = Arc::clone(&this);
                     let _ = this

@@ -112,18 +112,15 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         PluginEngine::new(&config.plugin_runtime, services)
             .map_err(|e| StartError::Plugin("(engine)".into(), e))?,
     );
-    let plugins = background.block_on(async {
-        let mut loaded = Vec::new();
-        for p in &config.plugins {
-            let plugin = engine
-                .load(p)
-                .await
-                .map_err(|e| StartError::Plugin(p.name.clone(), e))?;
-            tracing::info!(plugin = %p.name, hash = %plugin.content_hash, isolation = ?p.isolation, on_error = ?p.on_error, "plugin loaded");
-            loaded.push(plugin);
-        }
-        Ok::<_, StartError>(loaded)
-    })?;
+    let plugins = background
+        .block_on(engine.load_all(&config.plugins))
+        .map_err(|(name, e)| StartError::Plugin(name, e))?
+        .into_iter()
+        .map(|l| {
+            tracing::info!(plugin = %l.plugin.name, hash = %l.plugin.content_hash, isolation = ?l.plugin.isolation, on_error = ?l.plugin.on_error, "plugin loaded");
+            l.plugin
+        })
+        .collect();
     let completions = Arc::new(Completions::default());
     let pipeline = Arc::new(ArcSwap::from_pointee(Pipeline::new(
         plugins,

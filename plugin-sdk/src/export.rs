@@ -31,7 +31,7 @@ macro_rules! export_plugin {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type __LlmGatewayPluginAdapter = $crate::__private::Adapter<$plugin>;
-            $crate::__llm_gateway_plugin_export_world!(
+            $crate::__private::bindings::__llm_gateway_plugin_export_world!(
                 __LlmGatewayPluginAdapter with_types_in $crate::__private::bindings
             );
         };

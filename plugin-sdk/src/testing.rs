@@ -73,7 +73,10 @@ impl MockRequest {
     /// `client_address`, `request_id`, `body`; other keys (such as `completion`) are ignored.
     pub fn from_json(sample: &serde_json::Value) -> Result<Self, Error> {
         let text = |key: &str| sample.get(key).and_then(|v| v.as_str());
-        let mut req = Self::new(text("method").unwrap_or("POST"), text("path").unwrap_or("/"));
+        let mut req = Self::new(
+            text("method").unwrap_or("POST"),
+            text("path").unwrap_or("/"),
+        );
         if let Some(fd) = text("front_door") {
             req = req.front_door(match fd {
                 "bedrock" => FrontDoor::Bedrock,
@@ -177,7 +180,9 @@ impl MockRequest {
 
     /// Sets metadata an earlier plugin would have set.
     pub fn metadata(mut self, key: &str, value: &str) -> Self {
-        self.state.metadata.insert(key.to_string(), value.to_string());
+        self.state
+            .metadata
+            .insert(key.to_string(), value.to_string());
         self
     }
 }
@@ -383,7 +388,8 @@ impl<P: Plugin> TestHost<P> {
         let mut request = RequestState::default();
         let mut response = None;
         let plugin = {
-            let _installed = Installed::new(Phase::Init, &mut services, &mut request, &mut response);
+            let _installed =
+                Installed::new(Phase::Init, &mut services, &mut request, &mut response);
             P::init(&config)?
         };
         Ok(Self {
@@ -500,7 +506,8 @@ impl<P: Plugin> TestHost<P> {
         let mut services = self.services.clone();
         let mut request = RequestState::default();
         let mut response = None;
-        let _installed = Installed::new(Phase::Complete, &mut services, &mut request, &mut response);
+        let _installed =
+            Installed::new(Phase::Complete, &mut services, &mut request, &mut response);
         host::state_get(key).ok().flatten()
     }
 
@@ -533,6 +540,275 @@ impl<P: Plugin> TestHost<P> {
 
     /// Whether a log line containing `text` was written.
     pub fn logged(&self, text: &str) -> bool {
-        self.services.logs.iter().any(|(_, line)| line.contains(text))
+        self.services
+            .logs
+            .iter()
+            .any(|(_, line)| line.contains(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::{audit, clock, jwt, log, metrics, state, Response, Usage};
+
+    /// A plugin touching every capability, configured like a real one.
+    struct Gate {
+        secret: String,
+        limit: u64,
+    }
+
+    impl Plugin for Gate {
+        fn init(config: &Value) -> Result<Self, Error> {
+            let secret = config["secret"]
+                .as_str()
+                .ok_or("bad config: `secret` is required")?
+                .to_string();
+            let limit = config["limit"].as_u64().unwrap_or(2);
+            Ok(Gate { secret, limit })
+        }
+
+        fn on_request(&mut self, req: &mut Request) -> Decision {
+            if req.header("x-block").is_some() {
+                return Decision::forbidden("blocked");
+            }
+            let Some(token) = req.bearer_token() else {
+                return Decision::unauthorized("no token");
+            };
+            let key = jwt::Key::Hs256Secret(self.secret.clone());
+            let claims = match jwt::verify(&token, &key, &jwt::Validation::default()) {
+                Ok(c) => c,
+                Err(e) => return Decision::unauthorized(e.to_string()),
+            };
+            let sub = claims["sub"].as_str().unwrap_or("?").to_string();
+            req.set_identity(&sub, claims["team"].as_str()).unwrap();
+            let rate = state::check_rate(&format!("user:{sub}"), self.limit, 60_000, 1).unwrap();
+            if !rate.allowed {
+                return Decision::too_many_requests("slow down", rate.retry_after_seconds());
+            }
+            if req.body_json("/max_tokens").and_then(|v| v.as_u64()) > Some(1000) {
+                req.set_model("small-model").unwrap();
+            }
+            req.set_header("x-gate", "passed").unwrap();
+            req.set_metadata("seen_at", &clock::now_ms().to_string())
+                .unwrap();
+            metrics::counter_add("passed", &[("team", "t")], 1).unwrap();
+            log::info(&format!("passed {sub}"));
+            Decision::Continue
+        }
+
+        fn on_response(&mut self, resp: &mut Response) {
+            let status = resp.status().to_string();
+            resp.set_header("x-upstream-status", &status).unwrap();
+        }
+
+        fn on_complete(&mut self, c: &Completion) {
+            audit::emit(&json!({
+                "principal": c.request().principal(),
+                "outcome": c.outcome.as_str(),
+                "output_tokens": c.usage.output_tokens,
+            }))
+            .unwrap();
+        }
+    }
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn token(sub: &str, exp_s: u64) -> String {
+        let claims = json!({"sub": sub, "team": "blue", "exp": exp_s});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    }
+
+    fn host() -> TestHost<Gate> {
+        TestHost::with_clock(json!({"secret": "s3cret", "limit": 2}), NOW_MS).unwrap()
+    }
+
+    fn authed(sub: &str) -> MockRequest {
+        MockRequest::bedrock_invoke("big-model").header(
+            "Authorization",
+            &format!("Bearer {}", token(sub, NOW_MS / 1000 + 3600)),
+        )
+    }
+
+    #[test]
+    fn init_errors_reach_the_caller() {
+        let err = TestHost::<Gate>::new(json!({})).unwrap_err();
+        assert_eq!(err.message(), "bad config: `secret` is required");
+    }
+
+    #[test]
+    fn denials_carry_status_and_message() {
+        let mut h = host();
+        let ex = h.on_request(authed("ann").header("x-block", "1"));
+        assert_eq!(ex.denial().unwrap().status, 403);
+        assert_eq!(ex.denial().unwrap().message, "blocked");
+        assert_eq!(
+            h.on_request(MockRequest::bedrock_invoke("m"))
+                .denial()
+                .unwrap()
+                .status,
+            401
+        );
+    }
+
+    #[test]
+    fn a_valid_hs256_token_sets_identity_headers_and_metadata() {
+        let mut h = host();
+        let ex = h.on_request(authed("ann"));
+        assert_eq!(ex.decision(), &Decision::Continue);
+        assert_eq!(ex.principal(), Some("ann"));
+        assert_eq!(ex.team(), Some("blue"));
+        assert_eq!(ex.header("x-gate"), Some("passed"));
+        assert_eq!(
+            ex.headers_set(),
+            &[("x-gate".to_string(), "passed".to_string())]
+        );
+        assert_eq!(ex.metadata("seen_at"), Some(NOW_MS.to_string().as_str()));
+        assert_eq!(h.counter("passed", &[("team", "t")]), 1);
+        assert!(h.logged("passed ann"));
+    }
+
+    #[test]
+    fn bad_and_expired_tokens_are_refused_against_the_test_clock() {
+        let mut h = host();
+        let forged =
+            h.on_request(MockRequest::bedrock_invoke("m").header("authorization", "Bearer a.b.c"));
+        assert!(forged
+            .denial()
+            .unwrap()
+            .message
+            .starts_with("invalid token"));
+        let ok = h.on_request(authed("ann"));
+        assert!(!ok.is_denied());
+        h.advance_clock_ms(3_601_000);
+        let expired = h.on_request(authed("ann"));
+        assert_eq!(expired.denial().unwrap().status, 401);
+        assert!(expired.denial().unwrap().message.contains("Expired"));
+    }
+
+    #[test]
+    fn the_rate_window_refuses_over_the_limit_and_frees_up_with_time() {
+        let mut h = host();
+        assert!(!h.on_request(authed("ann")).is_denied());
+        assert!(!h.on_request(authed("ann")).is_denied());
+        let third = h.on_request(authed("ann"));
+        let denial = third.denial().unwrap();
+        assert_eq!(denial.status, 429);
+        assert!(denial.retry_after_seconds.unwrap() >= 1);
+        // Another principal has its own window.
+        assert!(!h.on_request(authed("bob")).is_denied());
+        // Two windows later everything has rolled off.
+        h.advance_clock_ms(120_000);
+        assert!(!h.on_request(authed("ann")).is_denied());
+    }
+
+    #[test]
+    fn model_rewrite_and_response_headers_and_audit() {
+        let mut h = host();
+        let req = authed("ann").body_json(json!({"max_tokens": 4096, "messages": []}));
+        let done = Completion::new(200, Outcome::Ok).with_usage(Usage {
+            output_tokens: 7,
+            ..Usage::default()
+        });
+        let ex = h.run(req, MockResponse::new(200), &done);
+        assert_eq!(ex.model(), Some("small-model"));
+        assert!(ex.model_rewritten());
+        assert_eq!(ex.response_header("x-upstream-status"), Some("200"));
+        assert_eq!(
+            h.audit_records(),
+            &[json!({"principal": "ann", "outcome": "ok", "output_tokens": 7})]
+        );
+    }
+
+    #[test]
+    fn a_denied_run_still_completes() {
+        let mut h = host();
+        let ex = h.run(
+            authed("ann").header("x-block", "1"),
+            MockResponse::new(200),
+            &Completion::new(200, Outcome::Ok),
+        );
+        assert!(ex.is_denied());
+        assert_eq!(ex.response_header("x-upstream-status"), None);
+        assert_eq!(h.audit_records()[0]["outcome"], "denied");
+    }
+
+    /// A plugin probing the contract's write rules.
+    struct Writer;
+
+    impl Plugin for Writer {
+        fn init(_: &Value) -> Result<Self, Error> {
+            Ok(Writer)
+        }
+        fn on_request(&mut self, req: &mut Request) -> Decision {
+            let refused = [
+                "authorization",
+                "x-api-key",
+                "x-amz-date",
+                "host",
+                "content-length",
+            ]
+            .iter()
+            .filter(|h| req.set_header(h, "x").is_err())
+            .count();
+            req.set_header("x-refused", &refused.to_string()).unwrap();
+            assert!(req.set_header("bad name", "x").is_err());
+            req.remove_header("x-drop");
+            Decision::Continue
+        }
+    }
+
+    #[test]
+    fn credentials_and_framing_headers_cannot_be_set() {
+        let mut h = TestHost::<Writer>::new(json!({})).unwrap();
+        let ex = h.on_request(MockRequest::new("GET", "/").header("x-drop", "1"));
+        assert_eq!(ex.header("x-refused"), Some("5"));
+        assert_eq!(ex.header("x-drop"), None);
+        assert_eq!(ex.headers_removed(), &["x-drop".to_string()]);
+    }
+
+    #[test]
+    fn counters_expire_with_their_ttl() {
+        let mut h = host();
+        let mut count = || {
+            let mut services = std::mem::take(&mut h.services);
+            let mut request = RequestState::default();
+            let mut response = None;
+            let v = {
+                let _i = Installed::new(Phase::Request, &mut services, &mut request, &mut response);
+                state::incr("k", 1, 1_000).unwrap()
+            };
+            h.services = services;
+            v
+        };
+        assert_eq!(count(), 1);
+        assert_eq!(count(), 2);
+        assert_eq!(h.state_counter("k"), Some(2));
+        h.advance_clock_ms(1_000);
+        assert_eq!(h.state_counter("k"), None);
+    }
+
+    #[test]
+    fn sample_requests_parse_like_the_cli() {
+        let sample = json!({
+            "method": "POST", "path": "/model/m/invoke", "front_door": "bedrock",
+            "operation": "invoke", "model": "m", "headers": {"authorization": "Bearer x"},
+            "client_address": "10.0.0.1", "body": {"max_tokens": 5},
+            "completion": {"status": 200}
+        });
+        let req = MockRequest::from_json(&sample).unwrap();
+        assert_eq!(req.state.model.as_deref(), Some("m"));
+        assert_eq!(
+            req.state.headers,
+            vec![("authorization".into(), "Bearer x".into())]
+        );
+        assert!(MockRequest::from_json(&json!({"operation": "nope"})).is_err());
     }
 }

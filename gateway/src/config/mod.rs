@@ -327,11 +327,56 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads, expands, parses and validates the file at `path`.
+    /// Reads, expands, parses and validates the file at `path`. Relative plugin, audit and TLS
+    /// paths are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one("", format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text)
+        let mut config = Self::parse(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut String| {
+            if !p.is_empty() && Path::new(p.as_str()).is_relative() {
+                *p = base.join(&*p).display().to_string();
+            }
+        };
+        for plugin in &mut config.plugins {
+            resolve(&mut plugin.path);
+        }
+        if let Some(audit) = &mut config.audit {
+            resolve(&mut audit.path);
+        }
+        for key in [&mut config.server.tls_cert, &mut config.server.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            resolve(key);
+        }
+        let mut missing: Vec<Problem> = config
+            .plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !Path::new(&p.path).is_file())
+            .map(|(i, p)| Problem {
+                path: format!("plugins[{i}].path"),
+                message: format!("no such file: {} (run `make plugins`?)", p.path),
+            })
+            .collect();
+        for (key, file) in [
+            ("server.tls_cert", &config.server.tls_cert),
+            ("server.tls_key", &config.server.tls_key),
+        ] {
+            if let Some(file) = file.as_ref().filter(|f| !Path::new(f.as_str()).is_file()) {
+                missing.push(Problem {
+                    path: key.into(),
+                    message: format!("no such file: {file}"),
+                });
+            }
+        }
+        if missing.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(missing))
+        }
     }
 
     /// Parses and validates configuration text, expanding `${VAR}` from the process environment.
@@ -403,14 +448,7 @@ impl Config {
                 "server.tls_cert".into(),
                 "required when tls_key is set".into(),
             ),
-            (Some(cert), Some(key)) => {
-                for (k, file) in [("server.tls_cert", cert), ("server.tls_key", key)] {
-                    if !Path::new(file).is_file() {
-                        problem(k.into(), format!("no such file: {file}"));
-                    }
-                }
-            }
-            (None, None) => {}
+            _ => {}
         }
         if self.server.max_request_body.0 == 0 {
             problem(
@@ -496,12 +534,6 @@ impl Config {
                     format!("`{}` is used by another plugin", plugin.name),
                 );
             }
-            if !Path::new(&plugin.path).is_file() {
-                problem(
-                    at("path"),
-                    format!("no such file: {} (run `make plugins`?)", plugin.path),
-                );
-            }
             if plugin.max_requests_per_instance == 0 {
                 problem(at("max_requests_per_instance"), "must be at least 1".into());
             }
@@ -574,7 +606,7 @@ mod tests {
             [server]
             listen = "nope"
             admin_listen = "127.0.0.1:9901"
-            tls_cert = "/nonexistent.pem"
+            tls_cert = "cert.pem"
             [[backends]]
             name = "b"
             kind = "bedrock"

@@ -186,6 +186,39 @@ impl PluginEngine {
         }
     }
 
+    /// Loads every configured plugin at once (new ones compile in parallel on the blocking
+    /// pool), in configuration order; the first failure names its plugin.
+    pub async fn load_all(
+        self: &Arc<Self>,
+        configs: &[PluginConfig],
+    ) -> Result<Vec<LoadedWithCache>, (String, PluginError)> {
+        let tasks: Vec<_> = configs
+            .iter()
+            .cloned()
+            .map(|config| {
+                let engine = Arc::clone(self);
+                tokio::spawn(async move {
+                    let was_cached = engine.is_cached(std::path::Path::new(&config.path)).await;
+                    match engine.load(&config).await {
+                        Ok(plugin) => Ok(LoadedWithCache { plugin, was_cached }),
+                        Err(e) => Err((config.name, e)),
+                    }
+                })
+            })
+            .collect();
+        let mut loaded = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let result = task.await.map_err(|e| {
+                (
+                    "(loader)".to_string(),
+                    PluginError::Engine(format!("load task failed: {e}")),
+                )
+            })?;
+            loaded.push(result?);
+        }
+        Ok(loaded)
+    }
+
     /// Loads, links and smoke-tests one configured plugin.
     pub async fn load(
         self: &Arc<Self>,
@@ -257,6 +290,14 @@ pub fn componentize(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, PluginEr
                 "a core module that cannot become a component (was it built with the plugin SDK?): {e:#}"
             ))
         })
+}
+
+/// A loaded plugin, and whether its component came from the cache.
+pub struct LoadedWithCache {
+    /// The plugin.
+    pub plugin: Arc<LoadedPlugin>,
+    /// Whether it was compiled before (no compilation this time).
+    pub was_cached: bool,
 }
 
 fn check_major(version: &str) -> Result<(), PluginError> {

@@ -189,7 +189,9 @@ fn check_header(name: &str, value: &str) -> Result<String, String> {
         return Err(format!("`{name}` is not a valid header name"));
     }
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(format!("the value for `{name}` is not a valid header value"));
+        return Err(format!(
+            "the value for `{name}` is not a valid header value"
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -242,7 +244,10 @@ pub(crate) fn set_model(model: &str) -> Result<(), String> {
             || model.len() > 2048
             || model.chars().any(|c| c.is_control() || c.is_whitespace())
         {
-            return Err("a model ID has 1 to 2048 characters, none of them spaces or control characters".into());
+            return Err(
+                "a model ID has 1 to 2048 characters, none of them spaces or control characters"
+                    .into(),
+            );
         }
         r.model = Some(model.to_string());
         r.model_rewritten = true;
@@ -265,7 +270,9 @@ pub(crate) fn set_header(name: &str, value: &str) -> Result<(), String> {
         }
         let name = check_header(name, value)?;
         if request_header_protected(&name) {
-            return Err(format!("`{name}` is managed by the gateway and cannot be set"));
+            return Err(format!(
+                "`{name}` is managed by the gateway and cannot be set"
+            ));
         }
         replace(&mut r.headers, &name, value);
         replace(&mut r.headers_set, &name, value);
@@ -360,7 +367,9 @@ pub(crate) fn response_set_header(name: &str, value: &str) -> Result<(), String>
         }
         let name = check_header(name, value)?;
         if PROTECTED_RESPONSE_HEADERS.contains(&name.as_str()) {
-            return Err(format!("`{name}` is managed by the gateway and cannot be set"));
+            return Err(format!(
+                "`{name}` is managed by the gateway and cannot be set"
+            ));
         }
         let Some(response) = c.response.as_mut() else {
             return Err("there is no response".into());
@@ -390,7 +399,11 @@ pub(crate) fn state_incr(key: &str, delta: i64, ttl_ms: u64) -> Result<i64, Stri
             value: 0,
             expires_ms: (ttl_ms > 0).then(|| now.saturating_add(ttl_ms)),
         };
-        let entry = c.services.entries.entry(key.to_string()).or_insert_with(fresh);
+        let entry = c
+            .services
+            .entries
+            .entry(key.to_string())
+            .or_insert_with(fresh);
         if let Entry::Counter {
             expires_ms: Some(t),
             ..
@@ -504,7 +517,10 @@ pub(crate) fn jwt_verify(
     let invalid = |e: jsonwebtoken::errors::Error| format!("invalid token: {e}");
     let header = decode_header(token).map_err(invalid)?;
     let (decoding_key, algorithm) = match key {
-        Key::Hs256Secret(secret) => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
+        Key::Hs256Secret(secret) => (
+            DecodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        ),
         Key::PublicKeyPem(pem) => {
             if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
                 (k, Algorithm::RS256)
@@ -603,7 +619,12 @@ fn check_metric_name(name: &str) -> Result<(), String> {
 
 pub(crate) fn counter_add(name: &str, labels: &[(&str, &str)], value: u64) -> Result<(), String> {
     check_metric_name(name)?;
-    with(|c| *c.services.counters.entry(metric_key(name, labels)).or_default() += value);
+    with(|c| {
+        *c.services
+            .counters
+            .entry(metric_key(name, labels))
+            .or_default() += value
+    });
     Ok(())
 }
 

@@ -13,9 +13,13 @@ impl Plugin for MemBomb {
     fn on_request(&mut self, _req: &mut Request) -> Decision {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
-            // Writing every byte makes the pages real, not just reserved.
-            let step = vec![0xa5u8; 1 << 20];
-            hoard.push(std::hint::black_box(step));
+            // One write per 4 KiB makes the pages real without spending the CPU budget on
+            // memset: the memory limit, not the CPU deadline, must be what stops it.
+            let mut block = vec![0u8; 1 << 20];
+            for i in (0..block.len()).step_by(4096) {
+                block[i] = 1;
+            }
+            hoard.push(std::hint::black_box(block));
         }
     }
 }

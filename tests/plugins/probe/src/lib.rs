@@ -114,7 +114,10 @@ impl Plugin for Probe {
             let _ = req.set_header("x-probe-hits-get", &or_dash(got.map(|v| v.to_string())));
         }
 
-        if req.set_header("authorization", "Bearer from-probe").is_err() {
+        if req
+            .set_header("authorization", "Bearer from-probe")
+            .is_err()
+        {
             let _ = req.set_header("x-probe-protected", "refused");
         }
 
