@@ -27,8 +27,17 @@ use gateway::plugin::{
 use gateway::state::MemoryStore;
 
 fn plugin_config(name: &str, isolation: &str) -> PluginConfig {
+    plugin_config_in(
+        "test-plugins",
+        name,
+        &format!("isolation = \"{isolation}\""),
+    )
+}
+
+fn plugin_config_in(dir: &str, name: &str, extra: &str) -> PluginConfig {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/test-plugins")
+        .join("../target")
+        .join(dir)
         .join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
@@ -36,10 +45,37 @@ fn plugin_config(name: &str, isolation: &str) -> PluginConfig {
         path.display()
     );
     toml::from_str(&format!(
-        "name = \"{name}\"\npath = \"{}\"\nisolation = \"{isolation}\"",
+        "name = \"{name}\"\npath = \"{}\"\n{extra}",
         path.display()
     ))
     .unwrap()
+}
+
+/// The four stock plugins as an org would run them: every request authenticated, checked
+/// against model rules, rate-limited with every kind of limit, and audited.
+fn stock_plugins() -> Vec<PluginConfig> {
+    vec![
+        plugin_config_in(
+            "plugins",
+            "audit-log",
+            "[config.prices]\n\"*sonnet*\" = { input = 3.0, output = 15.0 }",
+        ),
+        plugin_config_in(
+            "plugins",
+            "auth",
+            "[config]\nkeys = [{ key = \"sk-gw-test\", principal = \"dev\", team = \"research\" }]",
+        ),
+        plugin_config_in(
+            "plugins",
+            "model-rewrite",
+            "[[config.rules]]\nmatch = { model = \"*opus*\", team = \"interns\" }\nrewrite_to = \"us.anthropic.claude-sonnet-4-5-20250929-v1:0\"",
+        ),
+        plugin_config_in(
+            "plugins",
+            "rate-limit",
+            "[[config.rules]]\nper = \"principal\"\nrequests_per_minute = 1000000000\ntokens_per_minute = 1000000000000\nmax_concurrent_streams = 1000000\nbudget_usd = 1000000000.0\n[config.prices]\n\"*sonnet*\" = { input = 3.0, output = 15.0 }",
+        ),
+    ]
 }
 
 fn view(body: &Bytes) -> Box<RequestView> {

@@ -13,17 +13,13 @@ pub(super) fn expand(
     problems: &mut Vec<Problem>,
 ) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                match expand_str(s, lookup) {
-                    Ok(expanded) => *s = expanded,
-                    Err(message) => problems.push(Problem {
-                        path: path.to_string(),
-                        message,
-                    }),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains('$') => match expand_str(s, lookup) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(Problem {
+                path: path.to_string(),
+                message,
+            }),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 expand(item, &format!("{path}[{i}]"), lookup, problems);

@@ -331,7 +331,14 @@ mod tests {
         client.insert_header("x-drop-me", "1").unwrap();
         let backend = u.pick(&info).unwrap().clone();
         let r = u
-            .prepare(&backend, &info, &client.method, &client.headers, "rid-1", Bytes::from_static(b"{}"))
+            .prepare(
+                &backend,
+                &info,
+                &client.method,
+                &client.headers,
+                "rid-1",
+                Bytes::from_static(b"{}"),
+            )
             .unwrap();
         assert_eq!(r.header.raw_path(), b"/base/model/a%3A0/invoke");
         assert_eq!(r.header.headers["authorization"], "Bearer bedrock-api-key");
@@ -349,7 +356,14 @@ mod tests {
         let client = RequestHeader::build("POST", b"/bedrock/model/a/invoke", None).unwrap();
         let backend = u.pick(&info).unwrap().clone();
         let e = u
-            .prepare(&backend, &info, &client.method, &client.headers, "r", Bytes::new())
+            .prepare(
+                &backend,
+                &info,
+                &client.method,
+                &client.headers,
+                "r",
+                Bytes::new(),
+            )
             .unwrap_err();
         assert_eq!(e.status(), 503);
     }

@@ -161,10 +161,9 @@ impl UsageObserver {
                     serde_json::from_slice::<ConverseBody>(&self.json)
                         .map(|b| b.usage.map(ConverseUsage::into_usage))
                 };
-                match parsed {
-                    Ok(usage) => self.usage = usage.or(self.usage),
-                    // An error answer is not JSON of this shape; that is not a parse failure.
-                    Err(_) => {}
+                // An error answer is not JSON of this shape; that is not a parse failure.
+                if let Ok(usage) = parsed {
+                    self.usage = usage.or(self.usage);
                 }
             }
             ResponseShape::BedrockAnthropicStream | ResponseShape::BedrockConverseStream
