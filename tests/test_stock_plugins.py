@@ -220,3 +220,19 @@ def test_rewritten_model_ids_are_encoded_and_signed_for_boto3_too(stock, mock_be
     client.invoke_model(modelId="us.anthropic.claude-opus-4-5-20251101-v1:0", body=json.dumps(anthropic_body()))
     r = model_calls(mock_bedrock)[-1]
     assert r.model_id_raw == SONNET_5_5 and r.sig_ok
+
+
+def test_metrics_count_requests_tokens_denials_and_plugin_calls(stock, mock_bedrock):
+    import urllib.request
+    client = with_key(boto_client("bedrock-runtime", stock.base), GW_CREDENTIAL)
+    client.invoke_model(modelId=SONNET, body=json.dumps(anthropic_body()))
+    bad = with_key(boto_client("bedrock-runtime", stock.base), "sk-gw-wrong")
+    with pytest.raises(botocore.exceptions.ClientError):
+        bad.invoke_model(modelId=SONNET, body=json.dumps(anthropic_body()))
+    audit_records(stock, expect_at_least=2)
+    text = urllib.request.urlopen(stock.admin + "/metrics", timeout=5).read().decode()
+    assert re.search(r'gateway_requests_total\{[^}]*front_door="bedrock"[^}]*outcome="ok"[^}]*status="200"\} 1', text), text
+    assert f'gateway_tokens_total{{kind="cache_read",model="{SONNET}",team="research"}} {mb.USAGE_CACHE_READ}' in text, text
+    assert 'gateway_plugin_denials_total{plugin="auth",status="401"} 1' in text
+    assert 'gateway_plugin_calls_total{phase="on_request",plugin="auth",result="ok"}' in text
+    assert "gateway_time_to_first_byte_seconds_bucket" in text and "gateway_request_duration_seconds_bucket" in text

@@ -15,6 +15,18 @@ use prometheus::{
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
+    /// Requests by front door, backend, model (as served), status and outcome.
+    pub requests: IntCounterVec,
+    /// Request durations by front door and outcome.
+    pub request_seconds: HistogramVec,
+    /// Time to the first byte of the upstream answer, by front door and backend.
+    pub first_byte_seconds: HistogramVec,
+    /// Tokens by team, model and kind (`input`, `output`, `cache_read`, `cache_write`).
+    pub tokens: IntCounterVec,
+    /// Requests denied by plugins, by plugin and status (rate-limit denials are status 429).
+    pub denials: IntCounterVec,
+    /// Requests moved to another backend after a failure (routing with failover).
+    pub failovers: IntCounterVec,
     /// Plugin calls by plugin, phase and result (`ok`, `error`, `trap`, `timeout`, `skipped`).
     pub plugin_calls: IntCounterVec,
     /// Plugin call durations by plugin and phase.
@@ -58,8 +70,66 @@ impl Metrics {
         registry
             .register(Box::new(plugin_call_seconds.clone()))
             .expect("unique metric");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 120.0, 300.0,
+                ]),
+                labels,
+            )
+            .expect("static metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let requests = counter(
+            "gateway_requests_total",
+            "Requests by front door, backend, model, status and outcome",
+            &["front_door", "backend", "model", "status", "outcome"],
+        );
+        let request_seconds = histogram(
+            "gateway_request_duration_seconds",
+            "Request duration, first byte in to last byte out",
+            &["front_door", "outcome"],
+        );
+        let first_byte_seconds = histogram(
+            "gateway_time_to_first_byte_seconds",
+            "Time to the upstream's first byte",
+            &["front_door", "backend"],
+        );
+        let tokens = counter(
+            "gateway_tokens_total",
+            "Tokens by team, model and kind",
+            &["team", "model", "kind"],
+        );
+        let denials = counter(
+            "gateway_plugin_denials_total",
+            "Requests denied by plugins",
+            &["plugin", "status"],
+        );
+        let failovers = counter(
+            "gateway_upstream_failovers_total",
+            "Requests moved to another backend after a failure",
+            &["from_backend"],
+        );
         Self {
             registry,
+            requests,
+            request_seconds,
+            first_byte_seconds,
+            tokens,
+            denials,
+            failovers,
             plugin_calls,
             plugin_call_seconds,
             plugin_counters: Mutex::new(HashMap::new()),

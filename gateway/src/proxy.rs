@@ -150,6 +150,7 @@ impl From<GatewayError> for Stop {
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
+    metrics: Arc<crate::metrics::Metrics>,
     front_doors: FrontDoors,
     pipeline: Arc<ArcSwap<Pipeline>>,
     upstreams: Arc<Upstreams>,
@@ -161,6 +162,7 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving `front_doors` with `upstreams`.
     pub fn new(
+        metrics: Arc<crate::metrics::Metrics>,
         front_doors: FrontDoors,
         pipeline: Arc<ArcSwap<Pipeline>>,
         upstreams: Arc<Upstreams>,
@@ -168,6 +170,7 @@ impl Gateway {
         client_body_timeout: Duration,
     ) -> Self {
         Self {
+            metrics,
             front_doors,
             pipeline,
             upstreams,
@@ -506,6 +509,48 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    fn record_metrics(
+        &self,
+        ctx: &RequestCtx,
+        latency: Duration,
+        usage: crate::wire::usage::Usage,
+        team: Option<&str>,
+    ) {
+        let m = &self.metrics;
+        let front_door = ctx.front_door.map(FrontDoor::as_str).unwrap_or("-");
+        let backend = ctx.backend.as_deref().unwrap_or("-");
+        let model = ctx.model_served.as_deref().unwrap_or("-");
+        let status = ctx.status.to_string();
+        let outcome = ctx.outcome.as_str();
+        m.requests
+            .with_label_values(&[front_door, backend, model, &status, outcome])
+            .inc();
+        m.request_seconds
+            .with_label_values(&[front_door, outcome])
+            .observe(latency.as_secs_f64());
+        if let Some(ttfb) = ctx.time_to_first_byte {
+            m.first_byte_seconds
+                .with_label_values(&[front_door, backend])
+                .observe(ttfb.as_secs_f64());
+        }
+        let team = team.unwrap_or("-");
+        for (kind, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            if n > 0 {
+                m.tokens.with_label_values(&[team, model, kind]).inc_by(n);
+            }
+        }
+        if let Some(plugin) = &ctx.denied_by {
+            m.denials.with_label_values(&[plugin, &status]).inc();
+        }
+    }
+}
+
 /// The request ID to use: the client's own `x-request-id` when it is short printable ASCII,
 /// otherwise a fresh UUID.
 fn request_id(session: &Session) -> String {
@@ -605,6 +650,7 @@ impl ProxyHttp for Gateway {
             run.into_inner().complete(completion(ctx, latency));
         }
         let info = ctx.info.as_ref();
+        self.record_metrics(ctx, latency, usage, team.as_deref());
         tracing::info!(
             target: "gateway::request",
             request_id = %ctx.request_id,

@@ -160,6 +160,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
     server.bootstrap();
 
     let gateway = Gateway::new(
+        Arc::clone(&metrics),
         FrontDoors::new(&config.front_doors),
         Arc::clone(&pipeline),
         Arc::clone(&upstreams),
