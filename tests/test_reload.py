@@ -181,3 +181,43 @@ def test_steady_traffic_survives_twenty_swaps_and_records_the_generation_it_star
         # was answered (the pipeline is swapped a moment before /status counts it).
         assert before <= gen <= after + 1, (rid, gen, before, after)
     assert len(spans) > 50, len(spans)
+
+
+def test_a_binary_upgrade_hands_over_the_listeners_without_failing_a_request(start_gateway, mock_bedrock, tmp_path, gateway_bin):
+    import os
+    import subprocess
+    sock = tmp_path / "upgrade.sock"
+    old = start_gateway(mock_bedrock, extra_server=f'upgrade_sock = "{sock}"')
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=mb.TEST_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=mb.TEST_SECRET_KEY,
+               AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_REGION="us-east-1")
+    new_log = open(tmp_path / "new.log", "wb")
+    new = subprocess.Popen([str(gateway_bin), "run", "--config", str(old.config_path), "--upgrade"], env=env,
+                           stdout=new_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # the new process waits on the upgrade socket
+        client = boto_client("bedrock-runtime", old.base)
+        failures = []
+        done = threading.Event()
+
+        def traffic():
+            while not done.is_set():
+                try:
+                    client.invoke_model(modelId=SONNET, body=json.dumps(anthropic_body()))
+                except Exception as e:  # noqa: BLE001
+                    failures.append(repr(e))
+        t = threading.Thread(target=traffic)
+        t.start()
+        time.sleep(0.3)
+        old.proc.send_signal(signal.SIGQUIT)
+        assert old.proc.wait(timeout=60) is not None, "the old process exits once it handed over"
+        time.sleep(0.5)
+        done.set()
+        t.join(timeout=30)
+        assert not failures, failures[:5]
+        client.invoke_model(modelId=SONNET, body=json.dumps(anthropic_body()))  # served by the new process
+        assert new.poll() is None
+    finally:
+        new.terminate()
+        new.wait(timeout=30)
+        new_log.close()
