@@ -157,29 +157,11 @@ impl Metrics {
         labels: &[(String, String)],
         value: u64,
     ) -> Result<(), String> {
-        let mut map = self
-            .plugin_counters
-            .lock()
-            .map_err(|_| "metrics lock poisoned".to_string())?;
-        let full = metric_name(plugin, name)?;
-        let (vec, names) = match map.get(&full) {
-            Some(v) => v,
-            None => {
-                let names: Vec<String> = labels.iter().map(|(k, _)| k.clone()).collect();
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let c = CounterVec::new(
-                    Opts::new(full.clone(), format!("plugin {plugin} counter {name}")),
-                    &refs,
-                )
-                .map_err(|e| e.to_string())?;
-                self.registry
-                    .register(Box::new(c.clone()))
-                    .map_err(|e| e.to_string())?;
-                map.entry(full.clone()).or_insert((c, names))
-            }
-        };
-        let values = label_values(names, labels)?;
-        vec.with_label_values(&values).inc_by(value as f64);
+        let counter =
+            self.plugin_metric(&self.plugin_counters, plugin, name, labels, CounterVec::new)?;
+        counter
+            .with_label_values(&label_refs(labels))
+            .inc_by(value as f64);
         Ok(())
     }
 
@@ -191,30 +173,41 @@ impl Metrics {
         labels: &[(String, String)],
         value: f64,
     ) -> Result<(), String> {
-        let mut map = self
-            .plugin_gauges
+        let gauge = self.plugin_metric(&self.plugin_gauges, plugin, name, labels, GaugeVec::new)?;
+        gauge.with_label_values(&label_refs(labels)).set(value);
+        Ok(())
+    }
+
+    /// The plugin metric `name`, created and registered on first use with the label names of
+    /// that use; later uses must name the same labels.
+    fn plugin_metric<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metrics: &Mutex<HashMap<String, (M, Vec<String>)>>,
+        plugin: &str,
+        name: &str,
+        labels: &[(String, String)],
+        make: impl FnOnce(Opts, &[&str]) -> prometheus::Result<M>,
+    ) -> Result<M, String> {
+        let full = metric_name(plugin, name)?;
+        let mut map = metrics
             .lock()
             .map_err(|_| "metrics lock poisoned".to_string())?;
-        let full = metric_name(plugin, name)?;
-        let (vec, names) = match map.get(&full) {
-            Some(v) => v,
-            None => {
-                let names: Vec<String> = labels.iter().map(|(k, _)| k.clone()).collect();
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let g = GaugeVec::new(
-                    Opts::new(full.clone(), format!("plugin {plugin} gauge {name}")),
-                    &refs,
-                )
-                .map_err(|e| e.to_string())?;
-                self.registry
-                    .register(Box::new(g.clone()))
-                    .map_err(|e| e.to_string())?;
-                map.entry(full.clone()).or_insert((g, names))
-            }
-        };
-        let values = label_values(names, labels)?;
-        vec.with_label_values(&values).set(value);
-        Ok(())
+        if let Some((metric, names)) = map.get(&full) {
+            check_labels(names, labels)?;
+            return Ok(metric.clone());
+        }
+        let names: Vec<String> = labels.iter().map(|(k, _)| k.clone()).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let metric = make(
+            Opts::new(full.clone(), format!("plugin {plugin}: {name}")),
+            &refs,
+        )
+        .map_err(|e| e.to_string())?;
+        self.registry
+            .register(Box::new(metric.clone()))
+            .map_err(|e| e.to_string())?;
+        map.insert(full, (metric.clone(), names));
+        Ok(metric)
     }
 }
 
@@ -236,14 +229,15 @@ fn metric_name(plugin: &str, name: &str) -> Result<String, String> {
     Ok(format!("plugin_{}_{}", clean(plugin), clean(name)))
 }
 
-fn label_values<'a>(
-    names: &[String],
-    labels: &'a [(String, String)],
-) -> Result<Vec<&'a str>, String> {
+fn check_labels(names: &[String], labels: &[(String, String)]) -> Result<(), String> {
     if names.len() != labels.len() || names.iter().zip(labels).any(|(n, (k, _))| n != k) {
         return Err(format!("this metric's labels are {names:?}"));
     }
-    Ok(labels.iter().map(|(_, v)| v.as_str()).collect())
+    Ok(())
+}
+
+fn label_refs(labels: &[(String, String)]) -> Vec<&str> {
+    labels.iter().map(|(_, v)| v.as_str()).collect()
 }
 
 #[cfg(test)]
