@@ -205,7 +205,8 @@ impl Gateway {
 
         // 3. The plugins: they may deny, rewrite the model, edit headers, set the identity.
         let mut info = info;
-        let mut headers = session.req_header().headers.clone();
+        // Plugins edit a copy of the headers; without plugins the client's are used as they are.
+        let mut edited_headers = None;
         let pipeline = self.pipeline.load_full();
         if !pipeline.is_empty() {
             let view = RequestView::new(
@@ -214,7 +215,7 @@ impl Gateway {
                 info.front_door,
                 info.operation,
                 info.model_id.clone(),
-                headers,
+                session.req_header().headers.clone(),
                 session
                     .client_addr()
                     .and_then(|a| a.as_inet())
@@ -225,7 +226,7 @@ impl Gateway {
             let mut run = pipeline.start(Box::new(view));
             let decided = run.on_request().await;
             let view = run.view();
-            headers = view.headers.clone();
+            edited_headers = Some(view.headers.clone());
             if view.model != info.model_id {
                 if let Some(model) = &view.model {
                     info.upstream_path = crate::frontdoor::bedrock::with_model(&info, model);
@@ -248,10 +249,16 @@ impl Gateway {
         // 4. Which backend, and the signed request for it.
         let backend = Arc::clone(self.upstreams.pick(&info)?);
         ctx.backend = Some(Arc::clone(&backend.name));
-        let method = session.req_header().method.clone();
-        let prepared =
-            self.upstreams
-                .prepare(&backend, &info, &method, &headers, &ctx.request_id, body)?;
+        let client = session.req_header();
+        let headers = edited_headers.as_ref().unwrap_or(&client.headers);
+        let prepared = self.upstreams.prepare(
+            &backend,
+            &info,
+            &client.method,
+            headers,
+            &ctx.request_id,
+            body,
+        )?;
 
         // 5. Exchange it, streaming the answer back.
         self.exchange(session, ctx, prepared, info.operation.response_shape())
