@@ -1,6 +1,9 @@
 """Fixtures for the gateway's end-to-end tests.
 
-* ``mock_bedrock``: a fresh mock Amazon Bedrock (SigV4 with the gateway's test key pair).
+* ``mock_bedrock``: a fresh mock Amazon Bedrock (SigV4 with the gateway's test key pair);
+  ``make_mock(**kw)`` makes more. ``mock_vertex`` / ``make_vertex(**kw)``: a mock Vertex AI with its
+  OAuth token endpoint; ``mock_anthropic`` / ``make_anthropic(**kw)``: a mock Anthropic API.
+  Each is stopped at teardown and its request list is attached to a failing test's report.
 * ``start_gateway``: a factory that writes a config into tmp_path, starts
   ``target/debug/gateway run --config ...`` on free ports, waits for ``/readyz`` and stops it
   with SIGTERM at teardown.  The gateway's stderr goes to a log file that is attached to the
@@ -24,7 +27,9 @@ from typing import Callable
 
 import pytest
 
+from mock_anthropic import MockAnthropic
 from mock_bedrock import TEST_ACCESS_KEY, TEST_SECRET_KEY, MockBedrock
+from mock_vertex import MockVertex
 from support import ROOT, free_port, gateway_config, minimal_env, mock_backend, scrub_process_env
 
 scrub_process_env()
@@ -119,8 +124,26 @@ def pytest_runtest_makereport(item, call):
 
 
 # ------------------------------------------------------------------------------------------------
-# The mock
+# The mocks
 # ------------------------------------------------------------------------------------------------
+
+def _mock_factory(request, cls, title: str):
+    """``(make, stop_all)``: ``make(**kw)`` starts a ``cls(**kw)`` whose requests go into the report
+    of a failing test; ``stop_all()`` stops every one made."""
+    mocks = []
+
+    def make(**kw):
+        m = cls(**kw).start()
+        mocks.append(m)
+        _add_reporter(request.node, f"{title} #{len(mocks)} requests", m.describe)
+        return m
+
+    def stop_all():
+        for m in mocks:
+            m.stop()
+
+    return make, stop_all
+
 
 @pytest.fixture
 def mock_bedrock(request):
@@ -133,17 +156,41 @@ def mock_bedrock(request):
 @pytest.fixture
 def make_mock(request):
     """Factory for extra mocks (bearer mode, session token, TLS, ...)."""
-    mocks = []
-
-    def make(**kw) -> MockBedrock:
-        m = MockBedrock(**kw).start()
-        mocks.append(m)
-        _add_reporter(request.node, f"mock Bedrock #{len(mocks)} requests", m.describe)
-        return m
-
+    make, stop_all = _mock_factory(request, MockBedrock, "mock Bedrock")
     yield make
-    for m in mocks:
-        m.stop()
+    stop_all()
+
+
+@pytest.fixture
+def mock_vertex(request):
+    mock = MockVertex().start()
+    _add_reporter(request.node, "mock Vertex requests", mock.describe)
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture
+def make_vertex(request):
+    """Factory for extra mock Vertex AIs (another project or region, short token lifetime, TLS, ...)."""
+    make, stop_all = _mock_factory(request, MockVertex, "mock Vertex")
+    yield make
+    stop_all()
+
+
+@pytest.fixture
+def mock_anthropic(request):
+    mock = MockAnthropic().start()
+    _add_reporter(request.node, "mock Anthropic requests", mock.describe)
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture
+def make_anthropic(request):
+    """Factory for extra mock Anthropic APIs (another key, TLS, ...)."""
+    make, stop_all = _mock_factory(request, MockAnthropic, "mock Anthropic")
+    yield make
+    stop_all()
 
 
 # ------------------------------------------------------------------------------------------------

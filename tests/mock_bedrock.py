@@ -11,7 +11,10 @@ An independent implementation, standard library only:
 * serves InvokeModel, InvokeModelWithResponseStream (AWS event-stream frames from its own
   encoder, deliberately split across HTTP chunks at odd offsets), Converse, ConverseStream,
   CountTokens, ListInferenceProfiles, GetInferenceProfile and ListFoundationModels;
-* has behaviour switches selected by a marker inside the model id (see ``MARKERS`` below).
+* rejects, in InvokeModel bodies, a ``model`` or ``stream`` key and any ``anthropic_beta`` value
+  Bedrock does not accept (``accepted_betas``), with Bedrock's ``ValidationException``;
+* has behaviour switches selected by a marker inside the model id (see ``MARKERS`` below) and
+  ``fail_with(status, count)`` (the next ``count`` model calls answer ``status``, for failover tests).
 
 Standalone: ``python tests/mock_bedrock.py --port 18080 [--auth sigv4|bearer|none]``.
 """
@@ -71,6 +74,29 @@ USAGE_CACHE_CREATION = 321
 USAGE_OUTPUT = 42
 
 MAX_CLOCK_SKEW = 300  # seconds, as AWS
+
+# The anthropic_beta values Bedrock accepts in an InvokeModel body; anything else is a 400
+# ValidationException "invalid beta flag". Bedrock reads betas from the body only: an
+# ``anthropic-beta`` HTTP header is not part of its API and is not checked (Claude Code 2.1.332 in
+# Bedrock mode sends ``anthropic-beta: claude-code-20250219,...`` as a header and its
+# Bedrock-supported betas in the body), unless ``check_beta_header=True``.
+ACCEPTED_BETAS = (
+    "computer-use-2024-10-22", "computer-use-2025-01-24", "computer-use-2025-11-24",
+    "token-efficient-tools-2025-02-19", "interleaved-thinking-2025-05-14", "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14", "context-1m-2025-08-07", "context-management-2025-06-27",
+    "effort-2025-11-24", "tool-search-tool-2025-10-19", "tool-examples-2025-10-29",
+    "fine-grained-tool-streaming-2025-05-14",
+)
+INVALID_BETA_MESSAGE = "invalid beta flag"
+
+# fail_with(status): the error type and message Bedrock answers with.
+FAILURES = {
+    429: (THROTTLE_ERRORTYPE, THROTTLE_MESSAGE),
+    500: ("InternalServerException", "The server encountered an internal error."),
+    503: ("ServiceUnavailableException", "Bedrock is unable to process your request."),
+    408: ("ModelTimeoutException", "Model has timed out in processing the request. Try your request again."),
+    424: ("ModelErrorException", "The model encountered an error processing the request."),
+}
 
 CLAUDE_PROFILES = [
     # (inference profile id, name, underlying foundation model id)
@@ -368,6 +394,8 @@ class Recorded:
     stream_completed: bool = False
     peer_closed_at: float | None = None   # set when the peer closed the connection while we were streaming / hanging
     response_finished_at: float | None = None
+    injected_failure: bool = False        # answered by ``fail_with``
+    rejected_betas: list[str] = field(default_factory=list)  # why a 400 "invalid beta flag" was given
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -588,6 +616,12 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- model operations ---------------------------------------------------------------------
     def _model_op(self, op: str, model_id: str, body: bytes) -> None:
         mock = self.mock
+        if mock._failure is not None and self._validate_body_first(op, body):
+            failure = mock._take_failure()
+            if failure:
+                self.rec.injected_failure = True
+                errortype, message = FAILURES.get(failure, ("InternalServerException", f"Injected failure ({failure})."))
+                raise BedrockError(failure, errortype, message)
         if "mock-throttle" in model_id:
             self.rec.status = 429
             return self._send_json(429, {"message": THROTTLE_MESSAGE}, {"x-amzn-ErrorType": THROTTLE_ERRORTYPE})
@@ -615,10 +649,24 @@ class _Handler(BaseHTTPRequestHandler):
         if op == "count-tokens":
             return self._count_tokens(req)
 
-    @staticmethod
-    def _validate_anthropic_body(req: dict) -> None:
-        if "model" in req:
-            raise _validation("Malformed input request: #: extraneous key [model] is not permitted, please reformat your input and try again.")
+    def _validate_body_first(self, op: str, body: bytes) -> bool:
+        """Before an injected failure: is the request one Bedrock would have served? (An invalid
+        InvokeModel body raises its ValidationException; other malformed bodies return False and
+        get theirs from the normal path.)"""
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(req, dict):
+            return False
+        if op in ("invoke", "invoke-with-response-stream"):
+            self._validate_anthropic_body(req)
+        return True
+
+    def _validate_anthropic_body(self, req: dict) -> None:
+        for key in ("model", "stream"):
+            if key in req:
+                raise _validation(f"Malformed input request: #: extraneous key [{key}] is not permitted, please reformat your input and try again.")
         if "anthropic_version" not in req:
             raise _validation("Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.")
         if req["anthropic_version"] != "bedrock-2023-05-31":
@@ -632,6 +680,14 @@ class _Handler(BaseHTTPRequestHandler):
         beta = req.get("anthropic_beta")
         if beta is not None and not (isinstance(beta, list) and all(isinstance(b, str) for b in beta)):
             raise _validation("Malformed input request: #/anthropic_beta: expected type: JSONArray, please reformat your input and try again.")
+        betas = list(beta or [])
+        if self.mock.check_beta_header:
+            betas += [b.strip() for v in self.rec.headers if v[0].lower() == "anthropic-beta"
+                      for b in v[1].split(",") if b.strip()]
+        rejected = [b for b in betas if b not in self.mock.accepted_betas]
+        if rejected:
+            self.rec.rejected_betas = rejected
+            raise _validation(INVALID_BETA_MESSAGE)
 
     def _answer_for(self, req: dict) -> str:
         return self.mock.answer
@@ -838,8 +894,12 @@ class MockBedrock:
                  secret_key: str = TEST_SECRET_KEY, region: str = TEST_REGION,
                  session_token: str | None = None, bearer_token: str = TEST_BEARER_TOKEN,
                  answer: str = DEFAULT_ANSWER, port: int = 0, host: str = "127.0.0.1",
-                 tls: tuple[str, str] | None = None, split_delay: float = 0.002, verbose: bool = False):
+                 tls: tuple[str, str] | None = None, split_delay: float = 0.002, verbose: bool = False,
+                 accepted_betas=ACCEPTED_BETAS, check_beta_header: bool = False):
         assert auth in ("sigv4", "bearer", "none")
+        self.accepted_betas = list(accepted_betas)
+        self.check_beta_header = check_beta_header
+        self._failure: tuple[int, int | None] | None = None
         self.auth, self.access_key, self.secret_key = auth, access_key, secret_key
         self.region, self.session_token, self.bearer_token = region, session_token, bearer_token
         self.answer, self.host, self._port, self.tls = answer, host, port, tls
@@ -886,6 +946,22 @@ class MockBedrock:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    # ---- failure injection -------------------------------------------------------------------
+    def fail_with(self, status: int | None, count: int | None = None) -> None:
+        """Answer the next ``count`` model calls (all of them if None) with ``status`` in Bedrock's
+        shape (see ``FAILURES``), after the request passed every check. ``fail_with(None)`` clears."""
+        with self._lock:
+            self._failure = None if status is None else (status, count)
+
+    def _take_failure(self) -> int | None:
+        with self._lock:
+            if self._failure is None:
+                return None
+            status, count = self._failure
+            if count is not None:
+                self._failure = (status, count - 1) if count > 1 else None
+            return status
 
     # ---- auth ------------------------------------------------------------------------------
     def check_auth(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Verdict:
@@ -973,7 +1049,9 @@ class MockBedrock:
         lines = []
         for r in self.snapshot():
             lines.append(f"{r.method} {r.target} -> {r.status} auth={r.verdict.mode}:{'ok' if r.verdict.ok else r.verdict.error_type + ' ' + r.verdict.message} "
-                         f"body={len(r.body)}B op={r.operation or '-'}")
+                         f"body={len(r.body)}B op={r.operation or '-'}"
+                         + (" (fail_with)" if r.injected_failure else "")
+                         + (f" rejected_betas={r.rejected_betas}" if r.rejected_betas else ""))
         return "\n".join(lines) or "(no requests)"
 
 

@@ -165,6 +165,41 @@ def claude_bedrock_env(base_url: str, home: str | os.PathLike, **extra: str) -> 
     return minimal_env(home, **env)
 
 
+def claude_vertex_env(base_url: str, home: str | os.PathLike, *, project: str = "test-project",
+                      region: str = "us-east5", **extra: str) -> dict[str, str]:
+    """Claude Code in Vertex mode at ``base_url`` (it appends ``/projects/...``), sending
+    ``ANTHROPIC_AUTH_TOKEN`` as ``Authorization: Bearer`` instead of Google credentials."""
+    env = {
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_USE_VERTEX": "1",
+        "ANTHROPIC_VERTEX_BASE_URL": base_url,
+        "CLAUDE_CODE_SKIP_VERTEX_AUTH": "1",
+        "CLOUD_ML_REGION": region,
+        "ANTHROPIC_VERTEX_PROJECT_ID": project,
+        "ANTHROPIC_AUTH_TOKEN": GW_CREDENTIAL,
+        "CLAUDE_CODE_MAX_RETRIES": "2",
+    }
+    env.update(extra)
+    return minimal_env(home, **env)
+
+
+def claude_anthropic_env(base_url: str, home: str | os.PathLike, **extra: str) -> dict[str, str]:
+    """Claude Code against the Anthropic API at ``base_url``, holding ``ANTHROPIC_AUTH_TOKEN``
+    (sent as ``Authorization: Bearer``); pass ``ANTHROPIC_API_KEY=...`` for ``x-api-key``."""
+    env = {
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_AUTH_TOKEN": GW_CREDENTIAL,
+        "CLAUDE_CODE_MAX_RETRIES": "2",
+    }
+    env.update(extra)
+    return minimal_env(home, **{k: v for k, v in env.items() if v is not None})
+
+
 def run_claude(env: dict[str, str], prompt: str = "say hello", timeout: float = 120,
                cwd: str | None = None) -> subprocess.CompletedProcess:
     if not CLAUDE_BIN.exists():
@@ -240,8 +275,12 @@ def gateway_config(*, port: int, admin_port: int, backends: list[dict], max_requ
     def val(v):
         if isinstance(v, bool):
             return "true" if v else "false"
-        if isinstance(v, int):
+        if isinstance(v, (int, float)):
             return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     lines = ["[server]", f'listen = "127.0.0.1:{port}"', f'admin_listen = "127.0.0.1:{admin_port}"',
@@ -272,5 +311,23 @@ def mock_backend(mock, **kw) -> dict:
     url = mock if isinstance(mock, str) else mock.url
     b = {"name": "mock-bedrock", "kind": "bedrock", "region": "us-east-1", "endpoint": url,
          "control_endpoint": url}
+    b.update(kw)
+    return b
+
+
+def vertex_backend(mock, credentials_file=None, **kw) -> dict:
+    """A ``vertex`` backend at a ``MockVertex``; ``credentials_file`` (a key file the mock wrote)
+    is left out when None (the gateway then uses ADC / the metadata server)."""
+    b = {"name": "mock-vertex", "kind": "vertex", "project": mock.project, "region": mock.region,
+         "endpoint": mock.url}
+    if credentials_file is not None:
+        b["credentials_file"] = str(credentials_file)
+    b.update(kw)
+    return b
+
+
+def anthropic_backend(mock, **kw) -> dict:
+    """An ``anthropic`` backend at a ``MockAnthropic``, with its upstream API key."""
+    b = {"name": "mock-anthropic", "kind": "anthropic", "endpoint": mock.url, "api_key": mock.api_key}
     b.update(kw)
     return b

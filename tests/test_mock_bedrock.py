@@ -336,3 +336,92 @@ def test_claude_code_direct_against_mock_without_auth(make_mock, tmp_path):
     body = r.json()
     assert body["anthropic_version"] == "bedrock-2023-05-31" and "model" not in body
     assert isinstance(body.get("anthropic_beta"), list)
+
+
+# ------------------------------------------------------------------------------------------------
+# betas, extraneous keys, fail_with
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("betas", [["oauth-2025-04-20"], ["context-1m-2025-08-07", "claude-code-20250219"],
+                                   ["prompt-caching-scope-2026-01-05"], ["thinking-token-count-2026-05-13"]])
+def test_body_betas_bedrock_does_not_accept_are_a_validation_exception(mock_bedrock, betas):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        direct(mock_bedrock).invoke_model(modelId=SONNET, body=json.dumps(anthropic_body(anthropic_beta=betas)))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["Error"]["Message"] == mb.INVALID_BETA_MESSAGE == "invalid beta flag"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    rec = mock_bedrock.snapshot()[-1]
+    assert rec.rejected_betas and set(rec.rejected_betas) <= set(betas)
+
+
+def test_accepted_body_betas_pass_and_the_header_is_not_read_by_default(mock_bedrock):
+    body = json.dumps(anthropic_body(anthropic_beta=list(mb.ACCEPTED_BETAS))).encode()
+    c = direct(mock_bedrock)
+    assert json.loads(c.invoke_model(modelId=SONNET, body=body)["body"].read())["content"]
+    assert stream_text(c.invoke_model_with_response_stream(modelId=SONNET, body=body)["body"]) == mb.DEFAULT_ANSWER
+    # Claude Code sends claude-code-20250219 in an anthropic-beta header to Bedrock; Bedrock reads the body
+    path = f"/model/{SONNET_WIRE}/invoke"
+    h = signed_raw(mock_bedrock, "POST", path, BODY, headers={"anthropic-beta": "claude-code-20250219"})
+    assert raw_request(mock_bedrock.url, "POST", path, BODY, h).status == 200
+
+
+def test_beta_header_is_checked_when_asked(make_mock):
+    m = make_mock(check_beta_header=True)
+    path = f"/model/{SONNET_WIRE}/invoke"
+    h = signed_raw(m, "POST", path, BODY, headers={"anthropic-beta": "context-1m-2025-08-07,oauth-2025-04-20"})
+    r = raw_request(m.url, "POST", path, BODY, h)
+    assert r.status == 400 and r.errortype == "ValidationException" and r.json()["message"] == "invalid beta flag"
+    assert m.snapshot()[-1].rejected_betas == ["oauth-2025-04-20"]
+
+
+def test_accepted_betas_are_configurable(make_mock):
+    m = make_mock(accepted_betas=["oauth-2025-04-20"])
+    direct(m).invoke_model(modelId=SONNET, body=json.dumps(anthropic_body(anthropic_beta=["oauth-2025-04-20"])))
+    with pytest.raises(botocore.exceptions.ClientError):
+        direct(m).invoke_model(modelId=SONNET, body=json.dumps(anthropic_body(anthropic_beta=["context-1m-2025-08-07"])))
+
+
+@pytest.mark.parametrize("key,value", [("model", SONNET), ("stream", True), ("stream", False)])
+def test_model_and_stream_keys_are_extraneous(mock_bedrock, key, value):
+    for op in ("invoke_model", "invoke_model_with_response_stream"):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            getattr(direct(mock_bedrock), op)(modelId=SONNET, body=json.dumps(anthropic_body(**{key: value})))
+        assert e.value.response["Error"]["Code"] == "ValidationException"
+        assert e.value.response["Error"]["Message"] == (
+            f"Malformed input request: #: extraneous key [{key}] is not permitted, please reformat your input and try again.")
+
+
+@pytest.mark.parametrize("status,code,message", [
+    (429, "ThrottlingException", mb.THROTTLE_MESSAGE),
+    (500, "InternalServerException", "The server encountered an internal error."),
+    (503, "ServiceUnavailableException", "Bedrock is unable to process your request."),
+])
+def test_fail_with_answers_bedrock_errors_then_recovers(mock_bedrock, status, code, message):
+    c = direct(mock_bedrock)
+    mock_bedrock.fail_with(status, count=2)
+    for call in (lambda: c.invoke_model(modelId=SONNET, body=BODY),
+                 lambda: c.invoke_model_with_response_stream(modelId=SONNET, body=BODY)):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert e.value.response["Error"]["Code"] == code and e.value.response["Error"]["Message"] == message
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert json.loads(c.invoke_model(modelId=SONNET, body=BODY)["body"].read())["content"]
+    assert [r.injected_failure for r in mock_bedrock.snapshot()] == [True, True, False]
+    assert [r.status for r in mock_bedrock.snapshot()] == [status, status, 200]
+
+
+def test_fail_with_until_cleared_and_only_for_valid_requests(mock_bedrock):
+    c = direct(mock_bedrock)
+    mock_bedrock.fail_with(503)
+    for _ in range(3):
+        with pytest.raises(botocore.exceptions.ClientError):
+            c.invoke_model(modelId=SONNET, body=BODY)
+    # an invalid body still gets its own ValidationException; a bad signature its 403
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        c.invoke_model(modelId=SONNET, body=json.dumps(anthropic_body(model=SONNET)))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        direct(mock_bedrock, secret_key="wrong").invoke_model(modelId=SONNET, body=BODY)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    mock_bedrock.fail_with(None)
+    c.invoke_model(modelId=SONNET, body=BODY)
