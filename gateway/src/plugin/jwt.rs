@@ -11,16 +11,15 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora_core::connectors::http::Connector;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
 
 use super::bindings::llm_gateway::plugin::jwt;
-use crate::upstream::Endpoint;
+use crate::upstream::fetch::fetch;
 
 const JWKS_TTL: Duration = Duration::from_secs(600);
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
 const JWKS_MAX_BYTES: usize = 1024 * 1024;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds a whole JWKS fetch: resolving, connecting, sending, reading.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct CachedJwks {
     set: JwkSet,
@@ -177,74 +176,20 @@ impl JwtVerifier {
     }
 
     async fn fetch_jwks(&self, url: &str) -> Result<JwkSet, String> {
-        let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
-        let origin = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or("https"),
-            uri.authority().map(|a| a.as_str()).unwrap_or_default()
-        );
-        let endpoint = Endpoint::parse(&origin).map_err(|e| e.to_string())?;
-        endpoint
-            .resolve()
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?;
-        let addr = endpoint
-            .addr()
-            .ok_or_else(|| format!("{} has no address", endpoint.host))?;
-        let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
-        peer.options.connection_timeout = Some(FETCH_TIMEOUT);
-        peer.options.total_connection_timeout = Some(FETCH_TIMEOUT);
-        peer.options.read_timeout = Some(FETCH_TIMEOUT);
-        peer.options.write_timeout = Some(FETCH_TIMEOUT);
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let fetch = async {
-            let (mut session, _) = self
-                .connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut req =
-                RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-            req.insert_header("host", &endpoint.authority)
-                .map_err(|e| e.to_string())?;
-            req.insert_header("accept", "application/json")
-                .map_err(|e| e.to_string())?;
-            session
-                .write_request_header(Box::new(req))
-                .await
-                .map_err(|e| e.to_string())?;
-            session
-                .finish_request_body()
-                .await
-                .map_err(|e| e.to_string())?;
-            session
-                .read_response_header()
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = session
-                .response_header()
-                .map(|h| h.status.as_u16())
-                .unwrap_or(0);
-            if status != 200 {
-                return Err(format!("status {status}"));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = session
-                .read_response_body()
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                body.extend_from_slice(&chunk);
-                if body.len() > JWKS_MAX_BYTES {
-                    return Err("the JWKS document is too large".into());
-                }
-            }
-            Ok(body)
-        };
-        let body = tokio::time::timeout(FETCH_TIMEOUT * 2, fetch)
-            .await
-            .map_err(|_| format!("fetching the JWKS from {url} timed out"))?
-            .map_err(|e| format!("fetching the JWKS from {url}: {e}"))?;
+        let (status, body) = fetch(
+            &self.connector,
+            "GET",
+            url,
+            &[("accept", "application/json")],
+            None,
+            FETCH_TIMEOUT,
+            JWKS_MAX_BYTES,
+        )
+        .await
+        .map_err(|e| format!("fetching the JWKS: {e}"))?;
+        if status != 200 {
+            return Err(format!("fetching the JWKS from {url}: status {status}"));
+        }
         serde_json::from_slice(&body).map_err(|e| format!("the JWKS from {url} is not valid: {e}"))
     }
 }
@@ -360,5 +305,57 @@ mod tests {
             )
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_jwks_url_is_fetched_once_and_its_keys_verify() {
+        use crate::upstream::fetch::test_server::serve;
+        use base64::Engine as _;
+        use std::sync::atomic::Ordering;
+
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("jwks-secret");
+        let (base, served) = serve(move |r| {
+            assert_eq!(r.header("accept"), Some("application/json"));
+            match r.target.as_str() {
+                "/jwks.json" => {
+                    let key =
+                        serde_json::json!({"kty": "oct", "kid": "k1", "alg": "HS256", "k": k});
+                    (200, serde_json::json!({ "keys": [key] }).to_string())
+                }
+                _ => (404, "{}".into()),
+            }
+        })
+        .await;
+        let v = JwtVerifier::new();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let t = encode(
+            &header,
+            &serde_json::json!({"sub": "a", "exp": now() + 60}),
+            &EncodingKey::from_secret(b"jwks-secret"),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            let claims = v
+                .verify(
+                    &t,
+                    jwt::Key::JwksUrl(format!("{base}/jwks.json")),
+                    rules(None, None),
+                )
+                .await
+                .unwrap();
+            assert!(claims.iter().any(|c| c.name == "sub"));
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 1);
+
+        let err = v
+            .verify(
+                &t,
+                jwt::Key::JwksUrl(format!("{base}/missing.json")),
+                rules(None, None),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.contains("status 404"), "{err}");
     }
 }

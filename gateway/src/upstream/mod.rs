@@ -11,6 +11,7 @@
 pub mod bedrock;
 pub mod credentials;
 pub mod endpoint;
+pub mod fetch;
 
 use std::sync::Arc;
 use std::time::Duration;
