@@ -150,6 +150,11 @@ pub(crate) mod test_server {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         }
+
+        /// The body read as an `application/x-www-form-urlencoded` form.
+        pub fn form(&self) -> Vec<(String, String)> {
+            form_urlencoded::parse(&self.body).into_owned().collect()
+        }
     }
 
     /// Serves on a free loopback port for as long as the test's runtime runs: one request per

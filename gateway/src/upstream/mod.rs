@@ -12,6 +12,7 @@ pub mod bedrock;
 pub mod credentials;
 pub mod endpoint;
 pub mod fetch;
+pub mod google;
 
 use std::sync::Arc;
 use std::time::Duration;
