@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod catalog;
 pub mod config;
 pub mod frontdoor;
 pub mod metrics;

@@ -1,17 +1,22 @@
 //! The data plane: Pingora's `ProxyHttp` phases, where one request reads top to bottom.
 //!
 //! Pingora streams a request body upstream while it still arrives, but an AWS signature
-//! covers the hash of the whole body, and plugins (and translation, later) need to see it
-//! before anything goes upstream. So the gateway serves each request itself inside
-//! `request_filter`: read the body (bounded), parse it through its front door, prepare and
-//! sign the upstream request, then exchange it over Pingora's pooled connector and stream the
-//! answer back chunk by chunk. Pingora still owns the listeners, TLS, HTTP/1 and HTTP/2
-//! framing, keep-alive and connection pools; `logging` runs once per request at the end.
+//! covers the hash of the whole body, and plugins and translation need to see it before
+//! anything goes upstream. So the gateway serves each request itself inside
+//! `request_filter`: read the body (bounded), parse it through its front door, run the
+//! plugins, ask the router which backends may serve it, then for each in turn translate the
+//! request for its protocol, sign it and exchange it over Pingora's pooled connector, until
+//! one answers (failover on connect errors, timeouts before the first byte, 429 and 5xx, as
+//! long as nothing has been sent to the client). The answer streams back chunk by chunk,
+//! translated per event when it crossed providers. Pingora still owns the listeners, TLS,
+//! HTTP/1 and HTTP/2 framing, keep-alive and connection pools; `logging` runs once per
+//! request at the end.
 //!
 //! Invariants kept here:
 //! - client credentials never go upstream (see [`crate::upstream::forwards_request_header`]);
 //! - the answer is never buffered: each upstream chunk is written to the client as the same
-//!   `Bytes` handle, and the usage observer only looks at it;
+//!   `Bytes` handle (or, across providers, as the events it completes), and the usage
+//!   observer only looks at it;
 //! - a client that goes away mid-stream makes the gateway drop the upstream connection at
 //!   once, instead of paying for tokens nobody reads;
 //! - errors the gateway decides are rendered in the client's protocol; upstream errors pass
@@ -31,11 +36,18 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use arc_swap::ArcSwap;
 
-use crate::frontdoor::{FrontDoor, FrontDoors, RequestInfo};
+use crate::frontdoor::{FrontDoor, FrontDoors, Operation, RequestInfo};
 use crate::plugin::{Completion, Pipeline, PipelineRun, RequestView, WitOutcome, WitUsage};
-use crate::upstream::{forwards_response_header, UpstreamRequest, Upstreams, POOL_IDLE_TIMEOUT};
+use crate::upstream::route::Router;
+use crate::upstream::{
+    forwards_response_header, Backend, UpstreamRequest, Upstreams, POOL_IDLE_TIMEOUT,
+};
 use crate::wire::error::GatewayError;
+use crate::wire::translate::{self, ResponseTranslation, Target};
 use crate::wire::usage::{Observation, ResponseShape, UsageObserver};
+
+/// Largest answer read whole for translation (token counts and error bodies are far smaller).
+const MAX_BUFFERED_ANSWER: usize = 1024 * 1024;
 
 /// How a request ended, for logs and the usage record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,6 +122,10 @@ pub struct RequestCtx {
     pub model_served: Option<String>,
     /// The plugin that denied the request.
     pub denied_by: Option<String>,
+    /// Each backend tried, with how it answered (`name:429`, `name:connect error`, `name:200`).
+    pub attempts: Vec<String>,
+    /// `anthropic-beta` values dropped because the backend would have refused them.
+    pub dropped_betas: Vec<String>,
 }
 
 /// Exclusive-access cell: `Sync` for any `Send` value because it only hands out `&mut`
@@ -153,6 +169,7 @@ pub struct Gateway {
     metrics: Arc<crate::metrics::Metrics>,
     front_doors: FrontDoors,
     pipeline: Arc<ArcSwap<Pipeline>>,
+    router: Arc<ArcSwap<Router>>,
     upstreams: Arc<Upstreams>,
     connector: Connector,
     max_request_body: u64,
@@ -165,6 +182,7 @@ impl Gateway {
         metrics: Arc<crate::metrics::Metrics>,
         front_doors: FrontDoors,
         pipeline: Arc<ArcSwap<Pipeline>>,
+        router: Arc<ArcSwap<Router>>,
         upstreams: Arc<Upstreams>,
         max_request_body: u64,
         client_body_timeout: Duration,
@@ -173,6 +191,7 @@ impl Gateway {
             metrics,
             front_doors,
             pipeline,
+            router,
             upstreams,
             connector: Connector::new(None),
             max_request_body,
@@ -200,11 +219,15 @@ impl Gateway {
         ctx.front_door = Some(info.front_door);
         ctx.info = Some(info.clone());
 
-        // 2. The whole body, bounded, because the signature covers its hash.
+        // 2. The whole body, bounded, because the signature covers its hash. The Anthropic
+        //    and Vertex protocols put the model or `stream` in it.
         let body = self.read_body(session, ctx).await?;
+        let mut info = info;
+        info.complete_from_body(&body)?;
+        ctx.info = Some(info.clone());
+        let requested_model = info.model_id.clone();
 
         // 3. The plugins: they may deny, rewrite the model, edit headers, set the identity.
-        let mut info = info;
         // Plugins edit a copy of the headers; without plugins the client's are used as they are.
         let mut edited_headers = None;
         let pipeline = self.pipeline.load_full();
@@ -227,11 +250,8 @@ impl Gateway {
             let decided = run.on_request().await;
             let view = run.view();
             edited_headers = Some(view.headers.clone());
-            if view.model != info.model_id {
-                if let Some(model) = &view.model {
-                    info.upstream_path = crate::frontdoor::bedrock::with_model(&info, model);
-                    info.model_id = Some(model.clone());
-                }
+            if view.model.is_some() && view.model != info.model_id {
+                info.model_id = view.model.clone();
             }
             ctx.plugins = Some(SyncCell::new(run));
             if let Err(denial) = decided {
@@ -245,24 +265,199 @@ impl Gateway {
             }
         }
         ctx.model_served = info.model_id.clone();
+        let router = self.router.load_full();
+        if info.operation == Operation::ListModels {
+            return self.answer_models(session, ctx, &router, &info).await;
+        }
 
-        // 4. Which backend, and the signed request for it.
-        let backend = Arc::clone(self.upstreams.pick(&info)?);
-        ctx.backend = Some(Arc::clone(&backend.name));
+        // 4. Which backends, in which order; then each in turn until one answers.
+        let plan = router.plan(&self.upstreams, &info)?;
+        let first_byte = self.upstreams.timeouts().first_byte.0;
+        for (i, candidate) in plan.iter().enumerate() {
+            let last = i + 1 == plan.len();
+            let backend = &candidate.backend;
+            ctx.backend = Some(Arc::clone(&backend.name));
+            ctx.model_served = candidate.model.clone();
+            let prepared = self.prepare(
+                session,
+                ctx,
+                &info,
+                requested_model.as_deref(),
+                candidate,
+                edited_headers.as_ref(),
+                &body,
+            );
+            let prepared = match prepared {
+                Ok(p) => p,
+                Err(e) if last => return Err(e.into()),
+                Err(e) => {
+                    ctx.attempts.push(format!("{}:{}", backend.name, e));
+                    continue;
+                }
+            };
+            let UpstreamRequest { peer, header, body } = prepared;
+            let upstream = match self
+                .send(&peer, header, body, &backend.name, first_byte)
+                .await
+            {
+                Ok(upstream) => upstream,
+                Err(stop) => {
+                    let why = match &stop {
+                        Stop::Answer(e) => e.to_string(),
+                        Stop::Abort(_, why) => why.clone(),
+                    };
+                    ctx.attempts.push(format!("{}:{why}", backend.name));
+                    self.record_health(backend, false);
+                    if last {
+                        return Err(stop);
+                    }
+                    self.failover(ctx, backend, &why);
+                    continue;
+                }
+            };
+            let status = upstream
+                .response_header()
+                .map(|h| h.status.as_u16())
+                .unwrap_or(0);
+            let retryable = status == 429 || status >= 500;
+            self.record_health(backend, !retryable);
+            ctx.attempts.push(format!("{}:{status}", backend.name));
+            if retryable && !last {
+                // Nothing has reached the client yet; the answer is dropped with its connection.
+                self.failover(ctx, backend, &format!("status {status}"));
+                continue;
+            }
+            ctx.time_to_first_byte = ctx.started.map(|s| s.elapsed());
+            let translation = ResponseTranslation::choose(
+                info.front_door,
+                backend.kind(),
+                info.operation,
+                status,
+                ctx.started.unwrap_or_else(Instant::now),
+            );
+            let shape = info.operation.response_shape(backend.kind());
+            return self
+                .exchange(session, ctx, upstream, peer, shape, translation)
+                .await;
+        }
+        Err(GatewayError::Unavailable("no backend could take the request".into()).into())
+    }
+
+    /// Translates and signs the request for one candidate backend.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        info: &RequestInfo,
+        requested_model: Option<&str>,
+        candidate: &crate::upstream::route::Candidate,
+        edited_headers: Option<&http::HeaderMap>,
+        body: &Bytes,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let backend = &candidate.backend;
         let client = session.req_header();
-        let headers = edited_headers.as_ref().unwrap_or(&client.headers);
-        let prepared = self.upstreams.prepare(
-            &backend,
-            &info,
-            &client.method,
-            headers,
-            &ctx.request_id,
-            body,
-        )?;
+        let headers = edited_headers.unwrap_or(&client.headers);
+        let (project, region) = backend.vertex_location();
+        let target = Target {
+            kind: backend.kind(),
+            model: candidate.model.as_deref().unwrap_or_default(),
+            project,
+            region,
+            betas: &backend.betas,
+        };
+        let outgoing = translate::request(info, requested_model, &target, headers, body)?;
+        if !outgoing.dropped_betas.is_empty() {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                backend = %backend.name,
+                dropped = %outgoing.dropped_betas.join(","),
+                "dropped anthropic-beta values the backend does not accept"
+            );
+            for b in &outgoing.dropped_betas {
+                if !ctx.dropped_betas.contains(b) {
+                    ctx.dropped_betas.push(b.clone());
+                }
+            }
+        }
+        self.upstreams
+            .prepare(backend, outgoing, &client.method, headers, &ctx.request_id)
+    }
 
-        // 5. Exchange it, streaming the answer back.
-        self.exchange(session, ctx, prepared, info.operation.response_shape())
+    fn record_health(&self, backend: &Backend, ok: bool) {
+        let router = self.router.load();
+        if backend.health.record(ok, router.health()) {
+            tracing::warn!(
+                backend = %backend.name,
+                cooldown = %humantime::format_duration(router.health().cooldown.0),
+                "backend keeps failing; skipping it while it cools down"
+            );
+        }
+    }
+
+    fn failover(&self, ctx: &RequestCtx, backend: &Backend, why: &str) {
+        tracing::info!(request_id = %ctx.request_id, backend = %backend.name, reason = %why, "failing over to the next backend");
+        self.metrics
+            .failovers
+            .with_label_values(&[&backend.name])
+            .inc();
+    }
+
+    /// Answers `GET /v1/models` (and `/v1/models/{id}`) from the model catalog: the models
+    /// some backend can serve to this front door.
+    async fn answer_models(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        router: &Router,
+        info: &RequestInfo,
+    ) -> Result<(), Stop> {
+        let entry = |e: &crate::catalog::ModelEntry| {
+            serde_json::json!({
+                "type": "model",
+                "id": e.name,
+                "display_name": e.display_name,
+                "created_at": "2025-01-01T00:00:00Z",
+            })
+        };
+        let models = router.servable_models(&self.upstreams, info.front_door);
+        let body = match &info.model_id {
+            Some(id) => {
+                let found = router
+                    .catalog()
+                    .lookup(id)
+                    .filter(|e| models.iter().any(|m| m.name == e.name))
+                    .ok_or_else(|| {
+                        GatewayError::NotFound(format!("model: {id} is not served by this gateway"))
+                    })?;
+                entry(found)
+            }
+            None => serde_json::json!({
+                "data": models.iter().map(|e| entry(e)).collect::<Vec<_>>(),
+                "has_more": false,
+                "first_id": models.first().map(|e| e.name.as_str()),
+                "last_id": models.last().map(|e| e.name.as_str()),
+            }),
+        };
+        let body = Bytes::from(body.to_string());
+        let mut head = ResponseHeader::build(200, Some(3))
+            .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
+        let _ = head.insert_header("content-type", "application/json");
+        let _ = head.insert_header("content-length", body.len().to_string());
+        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        ctx.status = 200;
+        ctx.response_started = true;
+        session
+            .write_response_header(Box::new(head), false)
             .await
+            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
+        ctx.response_bytes = body.len();
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
+        ctx.outcome = Outcome::Ok;
+        Ok(())
     }
 
     /// Reads the request body up to `max_request_body`.
@@ -300,35 +495,118 @@ impl Gateway {
         Ok(body.freeze())
     }
 
-    /// Sends the request and streams the answer to the client.
+    /// Streams the answer (its head already read) to the client, translated when it crossed
+    /// providers.
     async fn exchange(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        request: UpstreamRequest,
+        mut upstream: UpstreamSession,
+        peer: HttpPeer,
         shape: ResponseShape,
+        mut translation: ResponseTranslation,
     ) -> Result<(), Stop> {
         let backend = ctx.backend.clone().unwrap_or_else(|| "?".into());
-        let timeouts = self.upstreams.timeouts().clone();
-        let UpstreamRequest { peer, header, body } = request;
+        let idle = self.upstreams.timeouts().idle.0;
 
-        let mut upstream = self
-            .send(&peer, header, body, &backend, timeouts.first_byte.0)
-            .await?;
-        ctx.time_to_first_byte = ctx.started.map(|s| s.elapsed());
-
-        // The response head: pass it through, minus hop-by-hop headers.
         let upstream_head = upstream
             .response_header()
             .ok_or_else(|| GatewayError::Internal("upstream response head missing".into()))?;
         let status = upstream_head.status.as_u16();
-        let mut head = ResponseHeader::build(status, Some(upstream_head.headers.len() + 1))
+        let upstream_headers = upstream_head.headers.clone();
+        let mut observer = UsageObserver::new(if status < 400 {
+            shape
+        } else {
+            ResponseShape::Opaque
+        });
+        observer.observe_headers(&upstream_headers);
+        ctx.status = status;
+        upstream.set_read_timeout(Some(idle));
+
+        // Answers that are translated whole (token counts, errors) are small: read them first.
+        if translation.buffers() {
+            let mut body = BytesMut::new();
+            loop {
+                match upstream.read_response_body().await {
+                    Ok(Some(chunk)) => {
+                        if body.len() + chunk.len() > MAX_BUFFERED_ANSWER {
+                            return Err(GatewayError::Unavailable(format!(
+                                "backend {backend} sent an answer too large to translate"
+                            ))
+                            .into());
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(GatewayError::Unavailable(format!(
+                            "backend {backend} failed mid-answer: {}",
+                            e.etype().as_str()
+                        ))
+                        .into())
+                    }
+                }
+            }
+            let retry_after = upstream_headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let rendered = translation.whole(status, &body, retry_after);
+            let mut head = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))
+                .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
+            let _ = head.insert_header("content-type", rendered.content_type);
+            let _ = head.insert_header("content-length", rendered.body.len().to_string());
+            let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+            for (name, value) in &rendered.headers {
+                let _ = head.insert_header(*name, value.as_str());
+            }
+            self.plugin_response_headers(ctx, status, &upstream_headers, &mut head)
+                .await;
+            ctx.status = rendered.status;
+            session
+                .write_response_header(Box::new(head), false)
+                .await
+                .map_err(|e| {
+                    Stop::Abort(
+                        Outcome::ClientAborted,
+                        format!("writing response head: {e}"),
+                    )
+                })?;
+            ctx.response_started = true;
+            ctx.response_bytes = rendered.body.len();
+            session
+                .write_response_body(Some(rendered.body), true)
+                .await
+                .map_err(|e| {
+                    Stop::Abort(Outcome::ClientAborted, format!("finishing response: {e}"))
+                })?;
+            ctx.observation = Some(observer.finish(true));
+            ctx.outcome = if status < 400 {
+                Outcome::Ok
+            } else {
+                Outcome::UpstreamError
+            };
+            if upstream.response_done() {
+                self.connector
+                    .release_http_session(upstream, &peer, Some(POOL_IDLE_TIMEOUT))
+                    .await;
+            }
+            return Ok(());
+        }
+
+        // The response head: pass it through, minus hop-by-hop headers.
+        let mut head = ResponseHeader::build(status, Some(upstream_headers.len() + 1))
             .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
-        for (name, value) in upstream_head.headers.iter() {
+        for (name, value) in upstream_headers.iter() {
             if forwards_response_header(name.as_str()) {
                 head.append_header(name.clone(), value.clone())
                     .map_err(|e| GatewayError::Internal(format!("response header: {e}")))?;
             }
+        }
+        if let Some(content_type) = translation.content_type() {
+            // The body changes length when its framing is translated.
+            head.remove_header(&http::header::CONTENT_LENGTH);
+            let _ = head.insert_header(http::header::CONTENT_TYPE, content_type);
         }
         let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
         // An answer without a length (every stream) is re-framed as chunked for HTTP/1.1
@@ -339,22 +617,8 @@ impl Gateway {
         {
             let _ = head.insert_header(http::header::TRANSFER_ENCODING, "chunked");
         }
-        if let Some(run) = ctx.plugins.as_mut() {
-            for (name, value) in run
-                .get_mut()
-                .on_response(status, &upstream_head.headers)
-                .await
-            {
-                let _ = head.insert_header(name, value);
-            }
-        }
-        let mut observer = UsageObserver::new(if status < 400 {
-            shape
-        } else {
-            ResponseShape::Opaque
-        });
-        observer.observe_headers(&upstream_head.headers);
-        ctx.status = status;
+        self.plugin_response_headers(ctx, status, &upstream_headers, &mut head)
+            .await;
 
         session
             .write_response_header(Box::new(head), false)
@@ -367,15 +631,33 @@ impl Gateway {
             })?;
         ctx.response_started = true;
 
-        // The body: each chunk goes to the client as it arrives, untouched.
-        upstream.set_read_timeout(Some(timeouts.idle.0));
+        // The body: each chunk goes to the client as it arrives, untouched unless translated.
+        let translating = !matches!(translation, ResponseTranslation::None);
+        let mut translated = Vec::new();
         let result = loop {
             tokio::select! {
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
                         observer.observe(&chunk);
-                        ctx.response_bytes += chunk.len();
-                        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                        if !translating {
+                            ctx.response_bytes += chunk.len();
+                            if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                                break Err(Stop::Abort(Outcome::ClientAborted, format!("writing to client: {e}")));
+                            }
+                            continue;
+                        }
+                        if let Err(e) = translation.chunk(&chunk, &mut translated) {
+                            break Err(Stop::Abort(Outcome::UpstreamFailed, format!("backend {backend} sent a stream that cannot be translated: {e}")));
+                        }
+                        let mut failed = None;
+                        for piece in translated.drain(..) {
+                            ctx.response_bytes += piece.len();
+                            if let Err(e) = session.write_response_body(Some(piece), false).await {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        if let Some(e) = failed {
                             break Err(Stop::Abort(Outcome::ClientAborted, format!("writing to client: {e}")));
                         }
                     }
@@ -409,6 +691,21 @@ impl Gateway {
             }
             // Dropping `upstream` here closes the upstream connection: nothing more is read or paid for.
             Err(stop) => Err(stop),
+        }
+    }
+
+    /// Lets the plugins' `on-response` set headers on the answer.
+    async fn plugin_response_headers(
+        &self,
+        ctx: &mut RequestCtx,
+        status: u16,
+        upstream_headers: &http::HeaderMap,
+        head: &mut ResponseHeader,
+    ) {
+        if let Some(run) = ctx.plugins.as_mut() {
+            for (name, value) in run.get_mut().on_response(status, upstream_headers).await {
+                let _ = head.insert_header(name, value);
+            }
         }
     }
 
@@ -653,7 +950,13 @@ impl ProxyHttp for Gateway {
                 (v.principal.clone(), v.team.clone())
             })
             .unwrap_or_default();
-        if let Some(run) = ctx.plugins.take() {
+        if let Some(mut run) = ctx.plugins.take() {
+            if !ctx.attempts.is_empty() {
+                run.get_mut()
+                    .view_mut()
+                    .metadata
+                    .insert("gateway.attempts".into(), ctx.attempts.join(" "));
+            }
             run.into_inner().complete(completion(ctx, latency));
         }
         let info = ctx.info.as_ref();
@@ -670,6 +973,8 @@ impl ProxyHttp for Gateway {
             principal = principal.as_deref().unwrap_or("-"),
             team = team.as_deref().unwrap_or("-"),
             denied_by = ctx.denied_by.as_deref().unwrap_or("-"),
+            attempts = %ctx.attempts.join(" "),
+            dropped_betas = %ctx.dropped_betas.join(","),
             status = ctx.status,
             outcome = ctx.outcome.as_str(),
             input_tokens = usage.input_tokens,

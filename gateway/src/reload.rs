@@ -4,7 +4,7 @@
 //! with `notify`, debounced), by `SIGHUP`, or by `POST /admin/reload`. It reads and validates
 //! the whole file, loads every plugin (unchanged plugin files come from the compiled-component
 //! cache, so only new code is compiled, and off the request path), instantiates each once as a
-//! smoke check, and only then swaps the pipeline in one atomic store. Requests already running
+//! smoke check, and only then swaps the pipeline (and the router: models and routes) in. Requests already running
 //! keep the pipeline they started with, streams included; new requests get the new one.
 //!
 //! A configuration that fails anywhere (parse, validation, an invalid component, a wrong
@@ -26,6 +26,22 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugin::pipeline::Completions;
 use crate::plugin::{Pipeline, PluginEngine};
+use crate::upstream::route::Router;
+use crate::upstream::Upstreams;
+
+/// What a reload swaps (the pipeline and the router) and what it builds on (the backends,
+/// which only a restart changes).
+pub struct Live {
+    /// The plugin pipeline serving new requests.
+    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    /// The model catalog and routes serving new requests.
+    pub router: Arc<ArcSwap<Router>>,
+    /// The running backends.
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// A configuration generation built and ready to swap in.
+type Built = (Config, Arc<Pipeline>, Arc<Router>, Vec<String>);
 
 /// Events closer together than this are one change (editors write files in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -59,6 +75,8 @@ pub struct Reloader {
     config_path: PathBuf,
     engine: Arc<PluginEngine>,
     pipeline: Arc<ArcSwap<Pipeline>>,
+    router: Arc<ArcSwap<Router>>,
+    upstreams: Arc<Upstreams>,
     completions: Arc<Completions>,
     background: tokio::runtime::Handle,
     running: Mutex<Config>,
@@ -78,11 +96,16 @@ impl Reloader {
         config_path: PathBuf,
         running: Config,
         engine: Arc<PluginEngine>,
-        pipeline: Arc<ArcSwap<Pipeline>>,
+        live: Live,
         completions: Arc<Completions>,
         background: tokio::runtime::Handle,
         metrics: &Metrics,
     ) -> Arc<Self> {
+        let Live {
+            pipeline,
+            router,
+            upstreams,
+        } = live;
         let reloads = IntCounterVec::new(
             prometheus::Opts::new("gateway_reloads_total", "Configuration reloads by result"),
             &["result"],
@@ -93,6 +116,8 @@ impl Reloader {
             config_path,
             engine,
             pipeline,
+            router,
+            upstreams,
             completions,
             background,
             running: Mutex::new(running),
@@ -117,13 +142,14 @@ impl Reloader {
         let started = Instant::now();
         let result = self.build().await;
         match result {
-            Ok((config, pipeline, compiled)) => {
+            Ok((config, pipeline, router, compiled)) => {
                 let restart_required = {
                     let running = self.running.lock().map_err(|_| "reload state poisoned")?;
                     restart_required(&running, &config)
                 };
                 // Everything loaded: one atomic store, then bookkeeping.
                 self.pipeline.store(pipeline);
+                self.router.store(router);
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 if let Ok(mut t) = self.loaded_at.lock() {
                     *t = SystemTime::now();
@@ -178,12 +204,13 @@ impl Reloader {
         }
     }
 
-    async fn build(&self) -> Result<(Config, Arc<Pipeline>, Vec<String>), String> {
+    async fn build(&self) -> Result<Built, String> {
         let path = self.config_path.clone();
         let config = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
             .map_err(|e| format!("reading the configuration: {e}"))?
             .map_err(|e| e.to_string())?;
+        let router = Arc::new(Router::new(&config, &self.upstreams)?);
         let loaded = self
             .engine
             .load_all(&config.plugins)
@@ -204,7 +231,7 @@ impl Reloader {
             )
             .with_generation(generation),
         );
-        Ok((config, pipeline, compiled))
+        Ok((config, pipeline, router, compiled))
     }
 
     /// The `GET /status` document.

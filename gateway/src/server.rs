@@ -26,8 +26,9 @@ use crate::plugin::jwt::JwtVerifier;
 use crate::plugin::pipeline::Completions;
 use crate::plugin::{HostServices, Pipeline, PluginEngine, PluginError};
 use crate::proxy::Gateway;
-use crate::reload::Reloader;
+use crate::reload::{Live, Reloader};
 use crate::state::MemoryStore;
+use crate::upstream::route::Router;
 use crate::upstream::Upstreams;
 
 /// Why the gateway could not start.
@@ -36,9 +37,12 @@ pub enum StartError {
     /// The background runtime could not be created.
     #[error("cannot start the background runtime: {0}")]
     Runtime(#[from] std::io::Error),
-    /// An endpoint could not be used.
+    /// A backend could not be set up.
     #[error(transparent)]
-    Endpoint(#[from] crate::upstream::EndpointError),
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// The routes could not be built.
+    #[error("{0}")]
+    Routes(String),
     /// The TLS certificate or key could not be loaded.
     #[error("cannot load the TLS certificate and key: {0}")]
     Tls(String),
@@ -88,8 +92,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
     // Resolve names once before listening, so the first requests find addresses.
     background.block_on(async {
         for b in upstreams.backends() {
-            let crate::upstream::Provider::Bedrock(bedrock) = &b.provider;
-            for e in [&bedrock.runtime, &bedrock.control] {
+            for e in b.endpoints() {
                 if let Err(err) = e.resolve().await {
                     tracing::warn!(backend = %b.name, host = %e.host, error = %err, "cannot resolve upstream host yet");
                 }
@@ -127,11 +130,18 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         Arc::clone(&completions),
         background.handle().clone(),
     )));
+    let router = Arc::new(ArcSwap::from_pointee(
+        Router::new(&config, &upstreams).map_err(StartError::Routes)?,
+    ));
     let reloader = Reloader::new(
         config_path.to_path_buf(),
         config.clone(),
         Arc::clone(&engine),
-        Arc::clone(&pipeline),
+        Live {
+            pipeline: Arc::clone(&pipeline),
+            router: Arc::clone(&router),
+            upstreams: Arc::clone(&upstreams),
+        },
         Arc::clone(&completions),
         background.handle().clone(),
         &metrics,
@@ -163,6 +173,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         Arc::clone(&metrics),
         FrontDoors::new(&config.front_doors),
         Arc::clone(&pipeline),
+        router,
         Arc::clone(&upstreams),
         config.server.max_request_body.0,
         config.server.client_body_timeout.0,

@@ -71,7 +71,7 @@ impl Admin {
                     Ok(()) => serde_json::json!({ "ready": true }),
                     Err(why) => serde_json::json!({ "ready": false, "reason": why }),
                 };
-                serde_json::json!({ "name": &*b.name, "kind": b.kind(), "health": health })
+                serde_json::json!({ "name": &*b.name, "kind": b.kind().as_str(), "health": health })
             })
             .collect()
     }

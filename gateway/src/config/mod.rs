@@ -38,6 +38,15 @@ pub struct Config {
     /// The upstream providers the gateway may call.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Entries added to (or replacing) the built-in model catalog.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Which backends serve which models; the first matching route wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Passive health: when a failing backend is skipped.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// The plugin pipeline, in the order requests run through it.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -221,6 +230,104 @@ pub struct FrontDoorsConfig {
     /// The Amazon Bedrock front door.
     #[serde(default)]
     pub bedrock: BedrockFrontDoorConfig,
+    /// The Vertex AI front door.
+    #[serde(default)]
+    pub vertex: VertexFrontDoorConfig,
+    /// The Anthropic API front door.
+    #[serde(default)]
+    pub anthropic: AnthropicFrontDoorConfig,
+}
+
+/// `[front_doors.vertex]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexFrontDoorConfig {
+    /// Path prefix clients put in `ANTHROPIC_VERTEX_BASE_URL` / `base_url` (requests to
+    /// `/v1/projects/...` at the root are served too).
+    #[serde(default = "default_vertex_prefix")]
+    pub prefix: String,
+}
+
+impl Default for VertexFrontDoorConfig {
+    fn default() -> Self {
+        Self {
+            prefix: default_vertex_prefix(),
+        }
+    }
+}
+
+/// `[front_doors.anthropic]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicFrontDoorConfig {
+    /// Path prefix before `/v1/messages` (empty: `ANTHROPIC_BASE_URL` is the gateway's root).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// `[[models]]`: one logical model and its ID on each provider.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The logical name (listed by `GET /v1/models`), such as `claude-sonnet-4-5`.
+    pub name: String,
+    /// Its Bedrock model or inference-profile ID (or ARN).
+    pub bedrock: Option<String>,
+    /// Its Vertex AI model ID, such as `claude-sonnet-4-5@20250929`.
+    pub vertex: Option<String>,
+    /// Its Anthropic API model ID.
+    pub anthropic: Option<String>,
+    /// The name shown in model pickers.
+    pub display_name: Option<String>,
+}
+
+/// How a route orders its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// In the configured order; the next one when one fails.
+    #[default]
+    Failover,
+    /// The first pick at random by `weights`, then the others (by weight) on failure.
+    Weighted,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Globs (`*`, `?`) matched against every ID of the requested model.
+    pub models: Vec<String>,
+    /// Only requests that came in through these front doors (default: all).
+    pub front_doors: Option<Vec<String>>,
+    /// Backend names, of any kind.
+    pub backends: Vec<String>,
+    /// How the backends are ordered.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// One weight per backend, for `strategy = "weighted"`.
+    pub weights: Option<Vec<u32>>,
+}
+
+/// `[health]`: passive health checks from real traffic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Consecutive failures (connect error, timeout, 429, 5xx) after which a backend is skipped.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long a failing backend is skipped (it is still tried when nothing else is left).
+    #[serde(default = "default_health_cooldown")]
+    pub cooldown: HumanDuration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_failure_threshold(),
+            cooldown: default_health_cooldown(),
+        }
+    }
 }
 
 /// `[front_doors.bedrock]`
@@ -246,6 +353,21 @@ impl Default for BedrockFrontDoorConfig {
 pub enum BackendKind {
     /// Amazon Bedrock runtime (and its control plane).
     Bedrock,
+    /// Google Vertex AI.
+    Vertex,
+    /// The Anthropic API.
+    Anthropic,
+}
+
+impl BackendKind {
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Bedrock => "bedrock",
+            BackendKind::Vertex => "vertex",
+            BackendKind::Anthropic => "anthropic",
+        }
+    }
 }
 
 /// `[[backends]]`
@@ -256,10 +378,22 @@ pub struct BackendConfig {
     pub name: String,
     /// Which provider this is.
     pub kind: BackendKind,
-    /// The provider region (Bedrock: the SigV4 region and the default endpoint's region).
+    /// The provider region (Bedrock: the SigV4 region and the default endpoint's region;
+    /// Vertex: the location, or `global`).
     pub region: Option<String>,
-    /// Runtime endpoint; default `https://bedrock-runtime.{region}.amazonaws.com`.
+    /// Runtime endpoint; default `https://bedrock-runtime.{region}.amazonaws.com`,
+    /// `https://{region}-aiplatform.googleapis.com` or `https://api.anthropic.com`.
     pub endpoint: Option<String>,
+    /// Vertex: the Google Cloud project that is billed.
+    pub project: Option<String>,
+    /// Vertex: a service-account key or `authorized_user` file; default Application Default
+    /// Credentials.
+    pub credentials_file: Option<String>,
+    /// Anthropic: the API key, sent as `x-api-key`.
+    pub api_key: Option<String>,
+    /// The `anthropic-beta` values this backend accepts (replaces its kind's default list;
+    /// `["*"]` accepts all). Others are dropped before the request is sent.
+    pub accepted_betas: Option<Vec<String>>,
     /// Control-plane endpoint; default `https://bedrock.{region}.amazonaws.com`.
     pub control_endpoint: Option<String>,
     /// A profile from the shared AWS config files, instead of the default chain's choice.
@@ -291,6 +425,15 @@ fn default_idle() -> HumanDuration {
 }
 fn default_bedrock_prefix() -> String {
     "/bedrock".to_string()
+}
+fn default_vertex_prefix() -> String {
+    "/vertex".to_string()
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_health_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 /// One thing wrong with a configuration, and where.
@@ -344,6 +487,11 @@ impl Config {
         }
         if let Some(audit) = &mut config.audit {
             resolve(&mut audit.path);
+        }
+        for backend in &mut config.backends {
+            if let Some(file) = &mut backend.credentials_file {
+                resolve(file);
+            }
         }
         for key in [&mut config.server.tls_cert, &mut config.server.tls_key]
             .into_iter()
@@ -468,11 +616,41 @@ impl Config {
                 problem(key.into(), "must be longer than zero".into());
             }
         }
-        let prefix = &self.front_doors.bedrock.prefix;
-        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("..") {
+        for (key, prefix, may_be_empty) in [
+            (
+                "front_doors.bedrock.prefix",
+                &self.front_doors.bedrock.prefix,
+                false,
+            ),
+            (
+                "front_doors.vertex.prefix",
+                &self.front_doors.vertex.prefix,
+                false,
+            ),
+            (
+                "front_doors.anthropic.prefix",
+                &self.front_doors.anthropic.prefix,
+                true,
+            ),
+        ] {
+            let empty_ok = may_be_empty && prefix.is_empty();
+            if !empty_ok
+                && (!prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(".."))
+            {
+                problem(
+                    key.into(),
+                    format!("`{prefix}` must start with `/` and not end with one, like `/bedrock`"),
+                );
+            }
+        }
+        let doors = &self.front_doors;
+        if doors.bedrock.prefix == doors.vertex.prefix
+            || (doors.bedrock.prefix == "/v1" || doors.vertex.prefix == "/v1")
+                && doors.anthropic.prefix.is_empty()
+        {
             problem(
-                "front_doors.bedrock.prefix".into(),
-                format!("`{prefix}` must start with `/` and not end with one, like `/bedrock`"),
+                "front_doors".into(),
+                "the front doors' prefixes overlap; give each its own".into(),
             );
         }
 
@@ -487,6 +665,26 @@ impl Config {
                     format!("`{}` is used by another backend", backend.name),
                 );
             }
+            let endpoints: &[(&str, &Option<String>)] = match backend.kind {
+                BackendKind::Bedrock => &[
+                    ("endpoint", &backend.endpoint),
+                    ("control_endpoint", &backend.control_endpoint),
+                ],
+                _ => &[("endpoint", &backend.endpoint)],
+            };
+            for (key, url) in endpoints {
+                if let Some(url) = url {
+                    if let Err(e) = crate::upstream::Endpoint::parse(url) {
+                        problem(at(key), e.to_string());
+                    }
+                }
+            }
+            let kind = backend.kind.as_str();
+            let not_for = |key: &str, set: bool, problem: &mut dyn FnMut(String, String)| {
+                if set {
+                    problem(at(key), format!("not used by a {kind} backend"));
+                }
+            };
             match backend.kind {
                 BackendKind::Bedrock => {
                     match &backend.region {
@@ -496,24 +694,160 @@ impl Config {
                         }
                         Some(_) => {}
                     }
-                    for (key, url) in [
-                        ("endpoint", &backend.endpoint),
-                        ("control_endpoint", &backend.control_endpoint),
-                    ] {
-                        if let Some(url) = url {
-                            if let Err(e) = crate::upstream::Endpoint::parse(url) {
-                                problem(at(key), e.to_string());
-                            }
-                        }
-                    }
                     if matches!(&backend.bearer_token, Some(t) if t.is_empty()) {
                         problem(
                             at("bearer_token"),
                             "is empty (is its environment variable set?)".into(),
                         );
                     }
+                    not_for("project", backend.project.is_some(), &mut problem);
+                    not_for(
+                        "credentials_file",
+                        backend.credentials_file.is_some(),
+                        &mut problem,
+                    );
+                    not_for("api_key", backend.api_key.is_some(), &mut problem);
+                }
+                BackendKind::Vertex => {
+                    match &backend.region {
+                        None => problem(
+                            at("region"),
+                            "required for a vertex backend (a location such as us-east5, or global)"
+                                .into(),
+                        ),
+                        Some(r) if !is_region(r) => {
+                            problem(at("region"), format!("`{r}` is not a region name"))
+                        }
+                        Some(_) => {}
+                    }
+                    match &backend.project {
+                        None => problem(at("project"), "required for a vertex backend".into()),
+                        Some(p) if !is_project(p) => {
+                            problem(at("project"), format!("`{p}` is not a project ID"))
+                        }
+                        Some(_) => {}
+                    }
+                    if matches!(&backend.credentials_file, Some(f) if f.is_empty()) {
+                        problem(
+                            at("credentials_file"),
+                            "is empty (is its environment variable set?)".into(),
+                        );
+                    }
+                    not_for(
+                        "control_endpoint",
+                        backend.control_endpoint.is_some(),
+                        &mut problem,
+                    );
+                    not_for("profile", backend.profile.is_some(), &mut problem);
+                    not_for("bearer_token", backend.bearer_token.is_some(), &mut problem);
+                    not_for("api_key", backend.api_key.is_some(), &mut problem);
+                }
+                BackendKind::Anthropic => {
+                    match &backend.api_key {
+                        None => problem(at("api_key"), "required for an anthropic backend".into()),
+                        Some(k) if k.is_empty() => problem(
+                            at("api_key"),
+                            "is empty (is its environment variable set?)".into(),
+                        ),
+                        Some(_) => {}
+                    }
+                    not_for("region", backend.region.is_some(), &mut problem);
+                    not_for(
+                        "control_endpoint",
+                        backend.control_endpoint.is_some(),
+                        &mut problem,
+                    );
+                    not_for("profile", backend.profile.is_some(), &mut problem);
+                    not_for("bearer_token", backend.bearer_token.is_some(), &mut problem);
+                    not_for("project", backend.project.is_some(), &mut problem);
+                    not_for(
+                        "credentials_file",
+                        backend.credentials_file.is_some(),
+                        &mut problem,
+                    );
                 }
             }
+            if let Some(betas) = &backend.accepted_betas {
+                if betas.iter().any(|b| b.is_empty() || b.contains(',')) {
+                    problem(
+                        at("accepted_betas"),
+                        "values must be single beta names (or \"*\")".into(),
+                    );
+                }
+            }
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            let at = |key: &str| format!("models[{i}].{key}");
+            if model.name.is_empty() || model.name.contains(char::is_whitespace) {
+                problem(at("name"), format!("`{}` is not a model name", model.name));
+            }
+            if model.bedrock.is_none() && model.vertex.is_none() && model.anthropic.is_none() {
+                problem(
+                    at("name"),
+                    "give the model's ID on at least one provider (bedrock, vertex, anthropic)"
+                        .into(),
+                );
+            }
+            for (key, id) in [
+                ("bedrock", &model.bedrock),
+                ("vertex", &model.vertex),
+                ("anthropic", &model.anthropic),
+            ] {
+                if matches!(id, Some(id) if id.is_empty() || id.contains(char::is_whitespace)) {
+                    problem(at(key), "is not a model ID".into());
+                }
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |key: &str| format!("routes[{i}].{key}");
+            if route.models.is_empty() || route.models.iter().any(String::is_empty) {
+                problem(
+                    at("models"),
+                    "give at least one glob (\"*\" for all)".into(),
+                );
+            }
+            if let Some(doors) = &route.front_doors {
+                for d in doors {
+                    if !matches!(d.as_str(), "bedrock" | "vertex" | "anthropic") {
+                        problem(
+                            at("front_doors"),
+                            format!("`{d}` is not a front door (bedrock, vertex, anthropic)"),
+                        );
+                    }
+                }
+            }
+            if route.backends.is_empty() {
+                problem(at("backends"), "give at least one backend".into());
+            }
+            for b in &route.backends {
+                if !self.backends.iter().any(|c| &c.name == b) {
+                    problem(at("backends"), format!("no backend is named `{b}`"));
+                }
+            }
+            match (route.strategy, &route.weights) {
+                (Strategy::Weighted, None) => problem(
+                    at("weights"),
+                    "required with strategy = \"weighted\"".into(),
+                ),
+                (Strategy::Weighted, Some(w)) if w.len() != route.backends.len() => problem(
+                    at("weights"),
+                    format!("give one weight per backend ({})", route.backends.len()),
+                ),
+                (Strategy::Weighted, Some(w)) if w.iter().all(|w| *w == 0) => {
+                    problem(at("weights"), "at least one weight must be above 0".into())
+                }
+                (Strategy::Failover, Some(_)) => problem(
+                    at("weights"),
+                    "only used with strategy = \"weighted\"".into(),
+                ),
+                _ => {}
+            }
+        }
+        if self.health.failure_threshold == 0 {
+            problem(
+                "health.failure_threshold".into(),
+                "must be at least 1".into(),
+            );
         }
         let mut plugin_names = std::collections::HashSet::new();
         for (i, plugin) in self.plugins.iter().enumerate() {
@@ -561,14 +895,21 @@ impl Config {
                 problem("audit.max_file_size".into(), "must be at least 4KiB".into());
             }
         }
-        if !self.backends.iter().any(|b| b.kind == BackendKind::Bedrock) {
+        if self.backends.is_empty() {
             problem(
                 "backends".into(),
-                "no backend of kind \"bedrock\": the Bedrock front door would have nowhere to send requests".into(),
+                "no backend is configured: requests would have nowhere to go".into(),
             );
         }
         problems
     }
+}
+
+/// A Google Cloud project ID: 6 to 30 lower-case letters, digits and hyphens.
+fn is_project(p: &str) -> bool {
+    (6..=30).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_region(r: &str) -> bool {
@@ -625,8 +966,8 @@ mod tests {
                 "server.tls_key",
                 "backends[0].region",
                 "backends[1].name",
-                "backends[1].region",
-                "backends[1].endpoint"
+                "backends[1].endpoint",
+                "backends[1].region"
             ]
         );
     }
@@ -663,5 +1004,68 @@ mod tests {
     fn example_config_is_valid() {
         let text = include_str!("../../../examples/gateway.toml");
         Config::parse_with_env(text, &|_| None).unwrap();
+    }
+
+    #[test]
+    fn routes_models_and_other_backend_kinds_are_validated() {
+        let text = r#"
+            [server]
+            listen = "127.0.0.1:8080"
+            admin_listen = "127.0.0.1:9901"
+            [[backends]]
+            name = "v"
+            kind = "vertex"
+            region = "us-east5"
+            [[backends]]
+            name = "a"
+            kind = "anthropic"
+            region = "us-east-1"
+            [[models]]
+            name = "m"
+            [[routes]]
+            models = ["*"]
+            backends = ["v", "nope"]
+            strategy = "weighted"
+            weights = [1]
+            front_doors = ["gopher"]
+        "#;
+        let err = Config::parse_with_env(text, &|_| None).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "backends[0].project",
+                "backends[1].api_key",
+                "backends[1].region",
+                "models[0].name",
+                "routes[0].front_doors",
+                "routes[0].backends",
+                "routes[0].weights",
+            ]
+        );
+        let ok = r#"
+            [server]
+            listen = "127.0.0.1:8080"
+            admin_listen = "127.0.0.1:9901"
+            [[backends]]
+            name = "v"
+            kind = "vertex"
+            project = "my-project"
+            region = "global"
+            [[backends]]
+            name = "a"
+            kind = "anthropic"
+            api_key = "k"
+            accepted_betas = ["*"]
+            [[routes]]
+            models = ["*sonnet*"]
+            backends = ["a", "v"]
+            strategy = "weighted"
+            weights = [3, 1]
+        "#;
+        let c = Config::parse_with_env(ok, &|_| None).unwrap();
+        assert_eq!(c.routes[0].weights, Some(vec![3, 1]));
+        assert_eq!(c.front_doors.vertex.prefix, "/vertex");
+        assert_eq!(c.front_doors.anthropic.prefix, "");
     }
 }

@@ -2,10 +2,20 @@
 //!
 //! A front door turns the method and path of a client request into one [`RequestInfo`]: which
 //! protocol the client speaks (so errors can be rendered in its shape), what operation it asks
-//! for, which model, and the path to send upstream. It reads no body and does no I/O.
+//! for, which model, and the path to send upstream. It reads no body and does no I/O; the
+//! Anthropic and Vertex protocols say some of this in the body (`model`, `stream`), which
+//! [`BodyFields`] reads once the body is in.
+//!
+//! Prefixes: Bedrock under `/bedrock`, Vertex under `/vertex` (and `/v1/projects/...` at the
+//! root), Anthropic at the root (`/v1/messages`), each configurable.
 
+pub mod anthropic;
 pub mod bedrock;
+pub mod vertex;
 
+use serde::Deserialize;
+
+use crate::config::BackendKind;
 use crate::wire::error::GatewayError;
 use crate::wire::usage::ResponseShape;
 
@@ -14,6 +24,10 @@ use crate::wire::usage::ResponseShape;
 pub enum FrontDoor {
     /// Amazon Bedrock runtime and control plane (AWS SDKs, Claude Code's Bedrock mode).
     Bedrock,
+    /// Vertex AI `rawPredict` (Anthropic's Vertex SDK, Claude Code's Vertex mode).
+    Vertex,
+    /// The Anthropic Messages API (Anthropic SDKs, Claude Code with `ANTHROPIC_BASE_URL`).
+    Anthropic,
 }
 
 impl FrontDoor {
@@ -21,6 +35,17 @@ impl FrontDoor {
     pub fn as_str(self) -> &'static str {
         match self {
             FrontDoor::Bedrock => "bedrock",
+            FrontDoor::Vertex => "vertex",
+            FrontDoor::Anthropic => "anthropic",
+        }
+    }
+
+    /// The backend kind that speaks the same protocol.
+    pub fn kind(self) -> BackendKind {
+        match self {
+            FrontDoor::Bedrock => BackendKind::Bedrock,
+            FrontDoor::Vertex => BackendKind::Vertex,
+            FrontDoor::Anthropic => BackendKind::Anthropic,
         }
     }
 }
@@ -40,6 +65,8 @@ pub enum Operation {
     CountTokens,
     /// A read-only control-plane call (Bedrock `GET /inference-profiles`, `/foundation-models`).
     ControlPlane,
+    /// Model listing (`GET /v1/models`), answered from the gateway's catalog.
+    ListModels,
 }
 
 impl Operation {
@@ -52,6 +79,7 @@ impl Operation {
             Operation::ConverseStream => "converse-stream",
             Operation::CountTokens => "count-tokens",
             Operation::ControlPlane => "control-plane",
+            Operation::ListModels => "list-models",
         }
     }
 
@@ -60,15 +88,30 @@ impl Operation {
         matches!(self, Operation::InvokeStream | Operation::ConverseStream)
     }
 
-    /// The shape of the answer, which decides how usage is read from it.
-    pub fn response_shape(self) -> ResponseShape {
+    /// The shape of the answer a backend of `kind` gives, which decides how usage is read
+    /// from it.
+    pub fn response_shape(self, kind: BackendKind) -> ResponseShape {
         match self {
             Operation::Invoke => ResponseShape::AnthropicJson,
-            Operation::InvokeStream => ResponseShape::BedrockAnthropicStream,
+            Operation::InvokeStream if kind == BackendKind::Bedrock => {
+                ResponseShape::BedrockAnthropicStream
+            }
+            Operation::InvokeStream => ResponseShape::AnthropicSse,
             Operation::Converse => ResponseShape::ConverseJson,
             Operation::ConverseStream => ResponseShape::BedrockConverseStream,
-            Operation::CountTokens | Operation::ControlPlane => ResponseShape::Opaque,
+            Operation::CountTokens | Operation::ControlPlane | Operation::ListModels => {
+                ResponseShape::Opaque
+            }
         }
+    }
+
+    /// Whether only Bedrock backends can serve it (nothing else speaks Converse or the
+    /// Bedrock control plane).
+    pub fn bedrock_only(self) -> bool {
+        matches!(
+            self,
+            Operation::Converse | Operation::ConverseStream | Operation::ControlPlane
+        )
     }
 }
 
@@ -86,10 +129,66 @@ pub struct RequestInfo {
     pub upstream_path: String,
 }
 
+/// The few body fields the Anthropic and Vertex protocols route by. Everything else in the
+/// body is skipped without being built into values.
+#[derive(Debug, Default, Deserialize)]
+pub struct BodyFields {
+    /// The model (Anthropic Messages and every count-tokens body).
+    pub model: Option<String>,
+    /// Whether the answer should stream.
+    pub stream: Option<bool>,
+}
+
+impl BodyFields {
+    /// Reads the fields from a JSON body; a body that is not a JSON object is refused.
+    pub fn read(body: &[u8]) -> Result<BodyFields, GatewayError> {
+        if body.is_empty() {
+            return Err(GatewayError::BadRequest(
+                "the request body is empty; a JSON object is expected".into(),
+            ));
+        }
+        serde_json::from_slice(body).map_err(|e| {
+            GatewayError::BadRequest(format!("the request body is not valid JSON: {e}"))
+        })
+    }
+}
+
+impl RequestInfo {
+    /// Completes the request from its body where the protocol puts routing in it: the
+    /// Anthropic `model`, and `stream` for Anthropic and Vertex `rawPredict`.
+    pub fn complete_from_body(&mut self, body: &[u8]) -> Result<(), GatewayError> {
+        let needs_body = match self.front_door {
+            FrontDoor::Bedrock => false,
+            FrontDoor::Vertex => {
+                matches!(self.operation, Operation::Invoke | Operation::CountTokens)
+            }
+            FrontDoor::Anthropic => {
+                matches!(self.operation, Operation::Invoke | Operation::CountTokens)
+            }
+        };
+        if !needs_body {
+            return Ok(());
+        }
+        let fields = BodyFields::read(body)?;
+        if self.operation == Operation::Invoke && fields.stream == Some(true) {
+            self.operation = Operation::InvokeStream;
+        }
+        if self.model_id.is_none() {
+            match fields.model {
+                Some(m) if !m.is_empty() => self.model_id = Some(m),
+                _ => return Err(GatewayError::BadRequest("model: Field required".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Routes a request path to its front door.
 #[derive(Debug, Clone)]
 pub struct FrontDoors {
     bedrock_prefix: String,
+    vertex_prefix: String,
+    anthropic_prefix: String,
 }
 
 impl FrontDoors {
@@ -97,6 +196,8 @@ impl FrontDoors {
     pub fn new(config: &crate::config::FrontDoorsConfig) -> Self {
         Self {
             bedrock_prefix: config.bedrock.prefix.clone(),
+            vertex_prefix: config.vertex.prefix.clone(),
+            anthropic_prefix: config.anthropic.prefix.clone(),
         }
     }
 
@@ -109,12 +210,25 @@ impl FrontDoors {
         if let Some(rest) = strip_prefix_segment(path_and_query, &self.bedrock_prefix) {
             return bedrock::parse(method, rest).map_err(|e| (FrontDoor::Bedrock, e));
         }
-        // Only one front door exists yet, so it is the best guess at the client's protocol.
+        if let Some(rest) = strip_prefix_segment(path_and_query, &self.vertex_prefix) {
+            return vertex::parse(method, rest).map_err(|e| (FrontDoor::Vertex, e));
+        }
+        // `ANTHROPIC_VERTEX_BASE_URL` may also be the gateway's `/v1`.
+        if path_and_query.starts_with("/v1/projects/") {
+            return vertex::parse(method, path_and_query).map_err(|e| (FrontDoor::Vertex, e));
+        }
+        if let Some(rest) = strip_prefix_segment(path_and_query, &self.anthropic_prefix) {
+            if rest.starts_with("/v1/") {
+                return anthropic::parse(method, rest).map_err(|e| (FrontDoor::Anthropic, e));
+            }
+        }
         Err((
-            FrontDoor::Bedrock,
+            FrontDoor::Anthropic,
             GatewayError::NotFound(format!(
-                "no front door serves this path; Bedrock clients use the base URL {}",
-                self.bedrock_prefix
+                "no front door serves this path; clients use the base URL {} (Bedrock), {} (Vertex) or {} (Anthropic)",
+                self.bedrock_prefix,
+                self.vertex_prefix,
+                if self.anthropic_prefix.is_empty() { "/" } else { &self.anthropic_prefix }
             )),
         ))
     }
@@ -123,7 +237,8 @@ impl FrontDoors {
 /// `rest` after `prefix` when `prefix` is a whole number of path segments of `path`.
 fn strip_prefix_segment<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
-    (rest.starts_with('/') || rest.starts_with('?') || rest.is_empty()).then_some(rest)
+    (prefix.is_empty() || rest.starts_with('/') || rest.starts_with('?') || rest.is_empty())
+        .then_some(rest)
 }
 
 #[cfg(test)]
@@ -138,5 +253,75 @@ mod tests {
         );
         assert_eq!(strip_prefix_segment("/bedrockx/model", "/bedrock"), None);
         assert_eq!(strip_prefix_segment("/other", "/bedrock"), None);
+    }
+
+    fn doors() -> FrontDoors {
+        FrontDoors::new(&crate::config::FrontDoorsConfig::default())
+    }
+
+    #[test]
+    fn each_prefix_reaches_its_front_door() {
+        let d = doors();
+        let post = http::Method::POST;
+        let r = d.parse(&post, "/bedrock/model/m/invoke").unwrap();
+        assert_eq!(r.front_door, FrontDoor::Bedrock);
+        let r = d
+            .parse(
+                &post,
+                "/vertex/projects/p/locations/l/publishers/anthropic/models/m:rawPredict",
+            )
+            .unwrap();
+        assert_eq!(r.front_door, FrontDoor::Vertex);
+        let r = d
+            .parse(
+                &post,
+                "/v1/projects/p/locations/l/publishers/anthropic/models/m:streamRawPredict",
+            )
+            .unwrap();
+        assert_eq!(
+            (r.front_door, r.operation),
+            (FrontDoor::Vertex, Operation::InvokeStream)
+        );
+        let r = d.parse(&post, "/v1/messages?beta=true").unwrap();
+        assert_eq!(r.front_door, FrontDoor::Anthropic);
+        let (door, e) = d.parse(&post, "/nothing/here").unwrap_err();
+        assert_eq!(door, FrontDoor::Anthropic);
+        assert_eq!(e.status(), 404);
+        let (door, _) = d.parse(&post, "/vertex/nope").unwrap_err();
+        assert_eq!(door, FrontDoor::Vertex);
+    }
+
+    #[test]
+    fn the_body_completes_anthropic_and_vertex_requests() {
+        let d = doors();
+        let post = http::Method::POST;
+        let mut r = d.parse(&post, "/v1/messages").unwrap();
+        r.complete_from_body(br#"{"model":"claude-sonnet-4-5","stream":true,"messages":[]}"#)
+            .unwrap();
+        assert_eq!(r.model_id.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(r.operation, Operation::InvokeStream);
+        let mut r = d.parse(&post, "/v1/messages").unwrap();
+        assert_eq!(
+            r.complete_from_body(br#"{"messages":[]}"#)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let mut r = d.parse(&post, "/v1/messages").unwrap();
+        assert_eq!(r.complete_from_body(b"not json").unwrap_err().status(), 400);
+        let mut r = d
+            .parse(
+                &post,
+                "/vertex/projects/p/locations/l/publishers/anthropic/models/m:rawPredict",
+            )
+            .unwrap();
+        r.complete_from_body(br#"{"stream":true}"#).unwrap();
+        assert_eq!(
+            (r.operation, r.model_id.as_deref()),
+            (Operation::InvokeStream, Some("m"))
+        );
+        // Bedrock bodies are not read here.
+        let mut r = d.parse(&post, "/bedrock/model/m/invoke").unwrap();
+        r.complete_from_body(b"not json").unwrap();
     }
 }

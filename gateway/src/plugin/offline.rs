@@ -126,6 +126,8 @@ pub async fn run(
 
     let front_door = match sample.front_door.as_deref().unwrap_or("bedrock") {
         "bedrock" => FrontDoor::Bedrock,
+        "vertex" => FrontDoor::Vertex,
+        "anthropic" => FrontDoor::Anthropic,
         other => return Err(PluginError::Init(format!("unknown front_door `{other}`"))),
     };
     let operation = match sample.operation.as_deref().unwrap_or("invoke") {
@@ -135,6 +137,7 @@ pub async fn run(
         "converse-stream" => Operation::ConverseStream,
         "count-tokens" => Operation::CountTokens,
         "control-plane" => Operation::ControlPlane,
+        "list-models" => Operation::ListModels,
         other => return Err(PluginError::Init(format!("unknown operation `{other}`"))),
     };
     let mut headers = http::HeaderMap::new();

@@ -132,6 +132,14 @@ impl PipelineRun {
             .expect("the view is only out during a call")
     }
 
+    /// The request, for the host to note what happened after the plugins ran (such as the
+    /// backends tried, in the `gateway.attempts` metadata).
+    pub fn view_mut(&mut self) -> &mut RequestView {
+        self.view
+            .as_deref_mut()
+            .expect("the view is only out during a call")
+    }
+
     /// The plugin that denied the request, if one did.
     pub fn denied_by(&self) -> Option<&str> {
         self.denied_by.as_deref()

@@ -117,6 +117,8 @@ impl RequestView {
     pub(super) fn front_door_wit(&self) -> types::FrontDoor {
         match self.front_door {
             FrontDoor::Bedrock => types::FrontDoor::Bedrock,
+            FrontDoor::Vertex => types::FrontDoor::Vertex,
+            FrontDoor::Anthropic => types::FrontDoor::Anthropic,
         }
     }
 
@@ -128,6 +130,7 @@ impl RequestView {
             Operation::ConverseStream => types::Operation::ConverseStream,
             Operation::CountTokens => types::Operation::CountTokens,
             Operation::ControlPlane => types::Operation::ControlPlane,
+            Operation::ListModels => types::Operation::ListModels,
         }
     }
 

@@ -1,18 +1,24 @@
 //! Upstreams: the providers the gateway calls, how to reach them and how to authenticate.
 //!
-//! [`Upstreams`] holds every configured backend. For a parsed request it picks a backend and
-//! prepares the upstream request: the peer to connect to (with its timeouts), and the request
-//! head with the client's headers minus everything that must not cross the gateway (client
-//! credentials, `x-amz-*`, hop-by-hop headers), plus the backend's own authentication.
+//! [`Upstreams`] holds every configured backend (Bedrock with SigV4, Vertex AI with Google
+//! OAuth, the Anthropic API with an API key). [`route`] decides which of them serve a request;
+//! [`Upstreams::prepare`] turns the request (already translated for the backend's protocol by
+//! [`crate::wire::translate`]) into what goes on the wire: the peer to connect to (with its
+//! timeouts), and the request head with the client's headers minus everything that must not
+//! cross the gateway (client credentials, `x-amz-*`, hop-by-hop headers), plus the backend's
+//! own authentication.
 //!
-//! Background work (DNS refresh, credential refresh) runs on a runtime of its own, so the
-//! request path only ever reads ready values.
+//! Background work (DNS refresh, credential and token refresh) runs on a runtime of its own,
+//! so the request path only ever reads ready values.
 
+pub mod anthropic;
 pub mod bedrock;
 pub mod credentials;
 pub mod endpoint;
 pub mod fetch;
 pub mod google;
+pub mod route;
+pub mod vertex;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +30,28 @@ use pingora_http::RequestHeader;
 pub use endpoint::{Endpoint, EndpointError};
 
 use crate::config::{BackendKind, Config, TimeoutsConfig};
-use crate::frontdoor::{FrontDoor, RequestInfo};
 use crate::wire::error::GatewayError;
+use crate::wire::translate::{AcceptedBetas, BetaHeader, Outgoing};
+use anthropic::AnthropicBackend;
 use bedrock::{BedrockAuth, BedrockBackend};
+use route::Health;
+use vertex::VertexBackend;
+
+/// Why the backends could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// An endpoint URL is unusable.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// A backend's credentials could not be loaded.
+    #[error("backend {backend}: {reason}")]
+    Credentials {
+        /// The backend's name.
+        backend: String,
+        /// What went wrong (never the secret itself).
+        reason: String,
+    },
+}
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +63,10 @@ pub struct Backend {
     pub name: Arc<str>,
     /// The provider-specific part.
     pub provider: Provider,
+    /// The `anthropic-beta` values it accepts.
+    pub betas: AcceptedBetas,
+    /// Passive health from real traffic.
+    pub health: Health,
 }
 
 /// The provider a backend calls.
@@ -45,13 +74,19 @@ pub struct Backend {
 pub enum Provider {
     /// Amazon Bedrock.
     Bedrock(BedrockBackend),
+    /// Google Vertex AI.
+    Vertex(VertexBackend),
+    /// The Anthropic API.
+    Anthropic(AnthropicBackend),
 }
 
 impl Backend {
     /// The provider kind, as configured.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> BackendKind {
         match &self.provider {
-            Provider::Bedrock(_) => "bedrock",
+            Provider::Bedrock(_) => BackendKind::Bedrock,
+            Provider::Vertex(_) => BackendKind::Vertex,
+            Provider::Anthropic(_) => BackendKind::Anthropic,
         }
     }
 
@@ -59,6 +94,25 @@ impl Backend {
     pub fn ready(&self) -> Result<(), String> {
         match &self.provider {
             Provider::Bedrock(b) => b.ready(),
+            Provider::Vertex(v) => v.ready(),
+            Provider::Anthropic(_) => Ok(()),
+        }
+    }
+
+    /// Vertex: the project and location put in the path.
+    pub fn vertex_location(&self) -> (&str, &str) {
+        match &self.provider {
+            Provider::Vertex(v) => (&v.project, &v.region),
+            _ => ("", ""),
+        }
+    }
+
+    /// Every endpoint the backend calls (for name resolution).
+    pub fn endpoints(&self) -> Vec<&Arc<Endpoint>> {
+        match &self.provider {
+            Provider::Bedrock(b) => vec![&b.runtime, &b.control],
+            Provider::Vertex(v) => vec![&v.endpoint],
+            Provider::Anthropic(a) => vec![&a.endpoint],
         }
     }
 }
@@ -86,14 +140,12 @@ impl Upstreams {
     pub fn start(
         config: &Config,
         runtime: &tokio::runtime::Handle,
-    ) -> Result<Upstreams, EndpointError> {
+    ) -> Result<Upstreams, UpstreamError> {
         let mut backends = Vec::new();
         for b in &config.backends {
             let provider = match b.kind {
                 BackendKind::Bedrock => {
                     let backend = BedrockBackend::from_config(b)?;
-                    backend.runtime.spawn_resolver(runtime);
-                    backend.control.spawn_resolver(runtime);
                     if let BedrockAuth::SigV4(creds) = &backend.auth {
                         creds.spawn_refresh(
                             runtime,
@@ -104,11 +156,23 @@ impl Upstreams {
                     }
                     Provider::Bedrock(backend)
                 }
+                BackendKind::Vertex => {
+                    let backend = VertexBackend::from_config(b)?;
+                    backend.auth.spawn_refresh(runtime, b.name.clone());
+                    Provider::Vertex(backend)
+                }
+                BackendKind::Anthropic => Provider::Anthropic(AnthropicBackend::from_config(b)?),
             };
-            backends.push(Arc::new(Backend {
+            let backend = Backend {
                 name: b.name.as_str().into(),
                 provider,
-            }));
+                betas: AcceptedBetas::new(b.kind, b.accepted_betas.as_deref()),
+                health: Health::default(),
+            };
+            for e in backend.endpoints() {
+                e.spawn_resolver(runtime);
+            }
+            backends.push(Arc::new(backend));
         }
         Ok(Upstreams {
             backends,
@@ -126,37 +190,39 @@ impl Upstreams {
         &self.timeouts
     }
 
-    /// The backend that serves a request: the first backend of the front door's own kind.
-    pub fn pick(&self, info: &RequestInfo) -> Result<&Arc<Backend>, GatewayError> {
-        let kind_matches = |b: &&Arc<Backend>| match (&b.provider, info.front_door) {
-            (Provider::Bedrock(_), FrontDoor::Bedrock) => true,
-        };
-        self.backends.iter().find(kind_matches).ok_or_else(|| {
-            GatewayError::Unavailable(format!(
-                "no backend is configured for the {} front door",
-                info.front_door.as_str()
-            ))
-        })
-    }
-
     /// Prepares the upstream request for `backend`: peer, head (client headers filtered,
-    /// authentication added) and body.
+    /// translation's header changes and authentication added) and body.
     pub fn prepare(
         &self,
         backend: &Backend,
-        info: &RequestInfo,
+        outgoing: Outgoing,
         method: &http::Method,
         client_headers: &http::HeaderMap,
         request_id: &str,
-        body: Bytes,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let Provider::Bedrock(bedrock) = &backend.provider;
-        let endpoint = bedrock.endpoint_for(info.operation);
-        let path = format!("{}{}", endpoint.base_path, info.upstream_path);
+        let endpoint = match &backend.provider {
+            Provider::Bedrock(b) => b.endpoint_for(outgoing.operation),
+            Provider::Vertex(v) => &v.endpoint,
+            Provider::Anthropic(a) => &a.endpoint,
+        };
+        let path = format!("{}{}", endpoint.base_path, outgoing.path);
+        let body = outgoing.body;
 
         let mut header = RequestHeader::build(method.clone(), path.as_bytes(), None)
             .map_err(|e| GatewayError::BadRequest(format!("cannot forward this path: {e}")))?;
         copy_request_headers(client_headers, &mut header)?;
+        match &outgoing.beta_header {
+            BetaHeader::Keep => {}
+            BetaHeader::Remove => {
+                header.remove_header("anthropic-beta");
+            }
+            BetaHeader::Set(v) => insert(&mut header, "anthropic-beta", v)?,
+        }
+        if let Some(v) = outgoing.version_header {
+            if !header.headers.contains_key("anthropic-version") {
+                insert(&mut header, "anthropic-version", v)?;
+            }
+        }
         let content_type = client_headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -170,15 +236,27 @@ impl Upstreams {
             insert(&mut header, "content-length", &body.len().to_string())?;
         }
         insert(&mut header, "x-request-id", request_id)?;
-        for (name, value) in bedrock.auth_headers(
-            &backend.name,
-            method.as_str(),
-            &path,
-            &endpoint.authority,
-            content_type.as_deref(),
-            &body,
-        )? {
-            insert(&mut header, name, &value)?;
+        match &backend.provider {
+            Provider::Bedrock(bedrock) => {
+                for (name, value) in bedrock.auth_headers(
+                    &backend.name,
+                    method.as_str(),
+                    &path,
+                    &endpoint.authority,
+                    content_type.as_deref(),
+                    &body,
+                )? {
+                    insert(&mut header, name, &value)?;
+                }
+            }
+            Provider::Vertex(vertex) => {
+                insert(
+                    &mut header,
+                    "authorization",
+                    &vertex.auth_header(&backend.name)?,
+                )?;
+            }
+            Provider::Anthropic(a) => insert(&mut header, "x-api-key", &a.api_key)?,
         }
         let peer = self.peer(&backend.name, endpoint)?;
         Ok(UpstreamRequest { peer, header, body })
@@ -305,7 +383,7 @@ mod tests {
 
     fn upstreams(bearer: Option<&str>) -> Upstreams {
         let text = format!(
-            "[server]\nlisten=\"127.0.0.1:1\"\nadmin_listen=\"127.0.0.1:2\"\n[[backends]]\nname=\"b\"\nkind=\"bedrock\"\nregion=\"us-east-1\"\nendpoint=\"http://127.0.0.1:9/base\"\n{}",
+            "[server]\nlisten=\"127.0.0.1:1\"\nadmin_listen=\"127.0.0.1:2\"\n[[backends]]\nname=\"b\"\nkind=\"bedrock\"\nregion=\"us-east-1\"\nendpoint=\"http://127.0.0.1:9/base\"\n{}\n[[backends]]\nname=\"a\"\nkind=\"anthropic\"\nendpoint=\"http://127.0.0.1:8\"\napi_key=\"sk-ant-upstream\"\n",
             bearer.map(|t| format!("bearer_token=\"{t}\"\n")).unwrap_or_default()
         );
         let config = Config::parse_with_env(&text, &|_| None).unwrap();
@@ -314,6 +392,35 @@ mod tests {
             .build()
             .unwrap();
         Upstreams::start(&config, rt.handle()).unwrap()
+    }
+
+    fn outgoing(
+        u: &Upstreams,
+        backend: usize,
+        info: &crate::frontdoor::RequestInfo,
+        client: &RequestHeader,
+        body: &'static [u8],
+    ) -> Outgoing {
+        let b = &u.backends()[backend];
+        let model = match b.kind() {
+            BackendKind::Anthropic => "claude-sonnet-4-5-20250929",
+            _ => info.model_id.as_deref().unwrap(),
+        };
+        let target = crate::wire::translate::Target {
+            kind: b.kind(),
+            model,
+            project: "",
+            region: "",
+            betas: &b.betas,
+        };
+        crate::wire::translate::request(
+            info,
+            info.model_id.as_deref(),
+            &target,
+            &client.headers,
+            &Bytes::from_static(body),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -326,28 +433,56 @@ mod tests {
         client
             .insert_header("authorization", "Bearer sk-gw-client")
             .unwrap();
-        client.insert_header("anthropic-beta", "a,b").unwrap();
+        client
+            .insert_header("anthropic-beta", "context-1m-2025-08-07")
+            .unwrap();
         client
             .insert_header("connection", "keep-alive, x-drop-me")
             .unwrap();
         client.insert_header("x-drop-me", "1").unwrap();
-        let backend = u.pick(&info).unwrap().clone();
+        let out = outgoing(&u, 0, &info, &client, b"{}");
+        let backend = u.backends()[0].clone();
         let r = u
-            .prepare(
-                &backend,
-                &info,
-                &client.method,
-                &client.headers,
-                "rid-1",
-                Bytes::from_static(b"{}"),
-            )
+            .prepare(&backend, out, &client.method, &client.headers, "rid-1")
             .unwrap();
         assert_eq!(r.header.raw_path(), b"/base/model/a%3A0/invoke");
         assert_eq!(r.header.headers["authorization"], "Bearer bedrock-api-key");
-        assert_eq!(r.header.headers["anthropic-beta"], "a,b");
+        assert_eq!(r.header.headers["anthropic-beta"], "context-1m-2025-08-07");
         assert_eq!(r.header.headers["host"], "127.0.0.1:9");
         assert_eq!(r.header.headers["content-length"], "2");
         assert!(r.header.headers.get("x-drop-me").is_none());
+    }
+
+    #[test]
+    fn anthropic_backend_gets_its_api_key_and_never_the_clients() {
+        let u = upstreams(Some("k"));
+        let info = crate::frontdoor::bedrock::parse(
+            &http::Method::POST,
+            "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke",
+        )
+        .unwrap();
+        let mut client = RequestHeader::build("POST", b"/bedrock/model/x/invoke", None).unwrap();
+        client.insert_header("x-api-key", "sk-gw-client").unwrap();
+        client
+            .insert_header("authorization", "Bearer sk-gw-client")
+            .unwrap();
+        let out = outgoing(
+            &u,
+            1,
+            &info,
+            &client,
+            br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":1,"messages":[]}"#,
+        );
+        let backend = u.backends()[1].clone();
+        let r = u
+            .prepare(&backend, out, &client.method, &client.headers, "rid-2")
+            .unwrap();
+        assert_eq!(r.header.raw_path(), b"/v1/messages");
+        assert_eq!(r.header.headers["x-api-key"], "sk-ant-upstream");
+        assert_eq!(r.header.headers["anthropic-version"], "2023-06-01");
+        assert!(r.header.headers.get("authorization").is_none());
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["model"], "claude-sonnet-4-5-20250929");
     }
 
     #[test]
@@ -356,16 +491,10 @@ mod tests {
         let info =
             crate::frontdoor::bedrock::parse(&http::Method::POST, "/model/a/invoke").unwrap();
         let client = RequestHeader::build("POST", b"/bedrock/model/a/invoke", None).unwrap();
-        let backend = u.pick(&info).unwrap().clone();
+        let out = outgoing(&u, 0, &info, &client, b"");
+        let backend = u.backends()[0].clone();
         let e = u
-            .prepare(
-                &backend,
-                &info,
-                &client.method,
-                &client.headers,
-                "r",
-                Bytes::new(),
-            )
+            .prepare(&backend, out, &client.method, &client.headers, "r")
             .unwrap_err();
         assert_eq!(e.status(), 503);
     }

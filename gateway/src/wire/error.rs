@@ -4,8 +4,13 @@
 //! Errors that come from an upstream are never rendered here; they pass through byte for byte,
 //! because clients (Claude Code above all) recover by matching their wording.
 //!
-//! Bedrock's shape is JSON `{"message": ...}` with the error name in `x-amzn-errortype`, which
-//! is what boto3 and the AWS JS SDK map to an exception class.
+//! - Bedrock: JSON `{"message": ...}` with the error name in `x-amzn-errortype`, which is
+//!   what boto3 and the AWS JS SDK map to an exception class.
+//! - Vertex AI: `{"error": {"code": 429, "message": ..., "status": "RESOURCE_EXHAUSTED"}}`.
+//! - Anthropic: `{"type": "error", "error": {"type": "rate_limit_error", "message": ...}}`.
+//!
+//! [`render_status`] renders any status and message in a protocol's shape; it is also how an
+//! upstream error is carried across providers (same status, same wording, the client's shape).
 
 use bytes::Bytes;
 
@@ -96,6 +101,12 @@ impl GatewayError {
     pub fn render(&self, front_door: FrontDoor) -> ErrorResponse {
         match front_door {
             FrontDoor::Bedrock => self.render_bedrock(),
+            _ => render_status(
+                front_door,
+                self.status(),
+                &self.to_string(),
+                self.retry_after(),
+            ),
         }
     }
 
@@ -109,15 +120,7 @@ impl GatewayError {
             GatewayError::Throttled { .. } => "ThrottlingException",
             GatewayError::Unavailable(_) => "ServiceUnavailableException",
             GatewayError::Internal(_) => "InternalServerException",
-            GatewayError::Denied { status, .. } => match status {
-                401 | 403 => "AccessDeniedException",
-                404 => "ResourceNotFoundException",
-                408 => "ModelTimeoutException",
-                429 => "ThrottlingException",
-                503 => "ServiceUnavailableException",
-                400..=499 => "ValidationException",
-                _ => "InternalServerException",
-            },
+            GatewayError::Denied { status, .. } => bedrock_error_name(*status),
         };
         let body = serde_json::to_vec(&serde_json::json!({ "message": self.to_string() }))
             .expect("a JSON object of one string serializes");
@@ -132,6 +135,101 @@ impl GatewayError {
             body: Bytes::from(body),
         }
     }
+}
+
+/// The Bedrock exception name for an HTTP status.
+pub fn bedrock_error_name(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "AccessDeniedException",
+        404 => "ResourceNotFoundException",
+        408 => "ModelTimeoutException",
+        429 => "ThrottlingException",
+        503 | 529 => "ServiceUnavailableException",
+        400..=499 => "ValidationException",
+        _ => "InternalServerException",
+    }
+}
+
+/// The Vertex AI (Google RPC) status name for an HTTP status.
+pub fn vertex_status_name(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        408 | 504 => "DEADLINE_EXCEEDED",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        503 | 529 => "UNAVAILABLE",
+        400..=499 => "FAILED_PRECONDITION",
+        _ => "INTERNAL",
+    }
+}
+
+/// The Anthropic API error type for an HTTP status.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// An error with this status and message in `front_door`'s shape.
+pub fn render_status(
+    front_door: FrontDoor,
+    status: u16,
+    message: &str,
+    retry_after: Option<u64>,
+) -> ErrorResponse {
+    let (body, mut headers) = match front_door {
+        FrontDoor::Bedrock => (
+            serde_json::json!({ "message": message }),
+            vec![("x-amzn-errortype", bedrock_error_name(status).to_string())],
+        ),
+        FrontDoor::Vertex => (
+            serde_json::json!({ "error": {
+                "code": status,
+                "message": message,
+                "status": vertex_status_name(status),
+            }}),
+            Vec::new(),
+        ),
+        FrontDoor::Anthropic => (
+            serde_json::json!({ "type": "error", "error": {
+                "type": anthropic_error_type(status),
+                "message": message,
+            }}),
+            Vec::new(),
+        ),
+    };
+    if let Some(s) = retry_after {
+        headers.push(("retry-after", s.to_string()));
+    }
+    ErrorResponse {
+        status,
+        headers,
+        content_type: "application/json",
+        body: Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize")),
+    }
+}
+
+/// The message of an error body in any provider's shape (`message`, `error.message`, or a
+/// string `error`), for carrying an upstream error across protocols with its wording.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("message")
+        .or_else(|| v.get("Message"))
+        .or_else(|| v.get("error").and_then(|e| e.get("message")))
+        .or_else(|| v.get("error_description"))
+        .or_else(|| v.get("error").filter(|e| e.is_string()))
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
 }
 
 #[cfg(test)]
@@ -206,5 +304,46 @@ mod tests {
         .render(FrontDoor::Bedrock);
         assert_eq!(r.status, 429);
         assert!(r.headers.contains(&("retry-after", "7".to_string())));
+    }
+
+    #[test]
+    fn vertex_and_anthropic_shapes() {
+        let e = GatewayError::Throttled {
+            message: "over the limit".into(),
+            retry_after: Some(5),
+        };
+        let v = e.render(FrontDoor::Vertex);
+        let body: serde_json::Value = serde_json::from_slice(&v.body).unwrap();
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(body["error"]["code"], 429);
+        assert!(v.headers.contains(&("retry-after", "5".to_string())));
+        let a = e.render(FrontDoor::Anthropic);
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["message"], "over the limit");
+        let d = GatewayError::Denied {
+            status: 401,
+            message: "no key".into(),
+            retry_after: None,
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&d.render(FrontDoor::Anthropic).body).unwrap();
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn upstream_messages_are_found_in_every_shape() {
+        for body in [
+            r#"{"message":"Too many requests"}"#,
+            r#"{"error":{"code":429,"message":"Too many requests","status":"RESOURCE_EXHAUSTED"}}"#,
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"Too many requests"}}"#,
+        ] {
+            assert_eq!(
+                error_message(body.as_bytes()).as_deref(),
+                Some("Too many requests")
+            );
+        }
+        assert_eq!(error_message(b"<html>"), None);
     }
 }

@@ -12,12 +12,14 @@
 //! - Bedrock `invoke`: the `usage` object of the JSON answer, or the
 //!   `x-amzn-bedrock-*-token-count` headers.
 //! - Bedrock `converse` / `converse-stream`: `usage` in the answer, or the `metadata` event.
+//! - Anthropic API and Vertex AI streams: the same Anthropic events, as server-sent events.
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::eventstream::{header_str, EventStreamDecoder};
+use super::sse::SseDecoder;
 
 /// Tokens billed for one request. Cache reads and writes are counted apart from plain input
 /// because they are priced apart (and are most of Claude Code's tokens).
@@ -47,6 +49,8 @@ pub enum ResponseShape {
     BedrockAnthropicStream,
     /// Bedrock event stream of Converse events.
     BedrockConverseStream,
+    /// Server-sent Anthropic events (Anthropic API, Vertex AI).
+    AnthropicSse,
     /// One JSON Anthropic Messages answer.
     AnthropicJson,
     /// One JSON Converse answer.
@@ -75,6 +79,7 @@ const MAX_JSON_OBSERVED: usize = 8 * 1024 * 1024;
 pub struct UsageObserver {
     shape: ResponseShape,
     frames: EventStreamDecoder,
+    sse: SseDecoder,
     json: BytesMut,
     usage: Option<Usage>,
     header_usage: Option<Usage>,
@@ -88,6 +93,7 @@ impl UsageObserver {
         Self {
             shape,
             frames: EventStreamDecoder::new(),
+            sse: SseDecoder::new(),
             json: BytesMut::new(),
             usage: None,
             header_usage: None,
@@ -136,6 +142,25 @@ impl UsageObserver {
                     }
                 }
             }
+            ResponseShape::AnthropicSse => {
+                // SSE lines straddle chunks, so the observer keeps its own copy of the bytes
+                // it has not parsed yet; the client still gets the original chunk.
+                self.sse.push(chunk);
+                loop {
+                    match self.sse.next_event() {
+                        Ok(Some(event)) => {
+                            if !event.data.is_empty() {
+                                self.on_anthropic_event(&event.data);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.parse_error = Some(format!("server-sent events: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
             ResponseShape::AnthropicJson | ResponseShape::ConverseJson => {
                 if self.json.len() + chunk.len() > MAX_JSON_OBSERVED {
                     self.parse_error = Some("JSON answer too large to observe".into());
@@ -146,6 +171,11 @@ impl UsageObserver {
             }
             ResponseShape::Opaque => {}
         }
+    }
+
+    /// The usage seen so far in the body.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
     }
 
     /// Ends observation; `complete` says whether the body arrived whole.
@@ -165,6 +195,14 @@ impl UsageObserver {
                 if let Ok(usage) = parsed {
                     self.usage = usage.or(self.usage);
                 }
+            }
+            ResponseShape::AnthropicSse
+                if complete && self.parse_error.is_none() && self.sse.pending() > 0 =>
+            {
+                self.parse_error = Some(format!(
+                    "stream ended inside an event ({} bytes pending)",
+                    self.sse.pending()
+                ));
             }
             ResponseShape::BedrockAnthropicStream | ResponseShape::BedrockConverseStream
                 if complete && self.parse_error.is_none() && self.frames.pending() > 0 =>
@@ -508,5 +546,31 @@ mod tests {
         .into();
         let o = observe_in_pieces(ResponseShape::BedrockConverseStream, &stream, 4);
         assert_eq!(o.usage.unwrap().output_tokens, 3);
+    }
+
+    #[test]
+    fn sse_usage_from_message_start_and_the_last_delta() {
+        let body = Bytes::from_static(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":800,\"cache_creation_input_tokens\":30,\"output_tokens\":1}}}\n\n\
+event: ping\ndata: {\"type\":\"ping\"}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        for piece in [1, 5, 33, 1000] {
+            let o = observe_in_pieces(ResponseShape::AnthropicSse, &body, piece);
+            assert_eq!(o.parse_error, None);
+            assert_eq!(
+                o.usage,
+                Some(Usage {
+                    input_tokens: 7,
+                    output_tokens: 9,
+                    cache_read_tokens: 800,
+                    cache_write_tokens: 30
+                })
+            );
+        }
+        let error = Bytes::from_static(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        let o = observe_in_pieces(ResponseShape::AnthropicSse, &error, 4);
+        assert_eq!(o.stream_error.as_deref(), Some("overloaded_error"));
     }
 }

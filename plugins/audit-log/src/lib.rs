@@ -165,6 +165,8 @@ impl AuditLog {
         put("operation", json!(req.operation().as_str()));
         put("method", json!(req.method()));
         put("backend", json!(c.backend));
+        // Every backend tried when the request failed over (`name:status ...`), set by the host.
+        put("attempts", json!(req.metadata("gateway.attempts")));
         put("model_requested", json!(seen.model_requested));
         put("model_served", json!(model_served));
         put("status", json!(c.status));

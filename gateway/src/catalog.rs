@@ -1,0 +1,313 @@
+//! The model catalog: one logical model, its ID on each provider.
+//!
+//! Clients name a model the way their protocol does: a Bedrock inference profile
+//! (`us.anthropic.claude-sonnet-4-5-20250929-v1:0`), a Vertex ID (`claude-sonnet-4-5@20250929`),
+//! an Anthropic ID (`claude-sonnet-4-5-20250929`) or the logical name (`claude-sonnet-4-5`).
+//! The catalog maps any of them to one [`ModelEntry`], so a request can be served by a
+//! backend of another kind, and routes can match a model whatever its spelling.
+//!
+//! Built-in entries cover current Claude models; `[[models]]` in the configuration adds
+//! entries or replaces built-in ones of the same name. Bedrock IDs are also found without
+//! their geographic prefix (`eu.`, `apac.`, `global.`...), so every regional profile of a
+//! model maps to it.
+
+use std::collections::HashMap;
+
+use crate::config::{BackendKind, ModelConfig};
+
+/// One logical model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// Logical name, such as `claude-sonnet-4-5`; what `GET /v1/models` lists.
+    pub name: String,
+    /// Shown in model pickers.
+    pub display_name: String,
+    /// Bedrock model, inference profile ID or ARN.
+    pub bedrock: Option<String>,
+    /// Vertex AI model ID.
+    pub vertex: Option<String>,
+    /// Anthropic API model ID.
+    pub anthropic: Option<String>,
+}
+
+impl ModelEntry {
+    /// The model's ID on a provider.
+    pub fn id_for(&self, kind: BackendKind) -> Option<&str> {
+        match kind {
+            BackendKind::Bedrock => self.bedrock.as_deref(),
+            BackendKind::Vertex => self.vertex.as_deref(),
+            BackendKind::Anthropic => self.anthropic.as_deref(),
+        }
+    }
+
+    /// Every name of the model: the logical name, then each provider ID.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str())
+            .chain(self.bedrock.as_deref())
+            .chain(self.vertex.as_deref())
+            .chain(self.anthropic.as_deref())
+    }
+}
+
+/// (name, display name, Bedrock, Vertex, Anthropic).
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// Current Claude models. Newer models use undated IDs on every provider.
+const BUILTIN: &[Builtin] = &[
+    (
+        "claude-opus-5-5",
+        "Claude Opus 5.5",
+        "us.anthropic.claude-opus-5-5",
+        "claude-opus-5-5",
+        "claude-opus-5-5",
+    ),
+    (
+        "claude-sonnet-5-5",
+        "Claude Sonnet 5.5",
+        "us.anthropic.claude-sonnet-5-5",
+        "claude-sonnet-5-5",
+        "claude-sonnet-5-5",
+    ),
+    (
+        "claude-opus-4-8",
+        "Claude Opus 4.8",
+        "us.anthropic.claude-opus-4-8",
+        "claude-opus-4-8",
+        "claude-opus-4-8",
+    ),
+    (
+        "claude-opus-4-5",
+        "Claude Opus 4.5",
+        "us.anthropic.claude-opus-4-5-20251101-v1:0",
+        "claude-opus-4-5@20251101",
+        "claude-opus-4-5-20251101",
+    ),
+    (
+        "claude-sonnet-4-5",
+        "Claude Sonnet 4.5",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "claude-sonnet-4-5@20250929",
+        "claude-sonnet-4-5-20250929",
+    ),
+    (
+        "claude-haiku-4-5",
+        "Claude Haiku 4.5",
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "claude-haiku-4-5@20251001",
+        "claude-haiku-4-5-20251001",
+    ),
+    (
+        "claude-opus-4-1",
+        "Claude Opus 4.1",
+        "us.anthropic.claude-opus-4-1-20250805-v1:0",
+        "claude-opus-4-1@20250805",
+        "claude-opus-4-1-20250805",
+    ),
+    (
+        "claude-opus-4",
+        "Claude Opus 4",
+        "us.anthropic.claude-opus-4-20250514-v1:0",
+        "claude-opus-4@20250514",
+        "claude-opus-4-20250514",
+    ),
+    (
+        "claude-sonnet-4",
+        "Claude Sonnet 4",
+        "us.anthropic.claude-sonnet-4-20250514-v1:0",
+        "claude-sonnet-4@20250514",
+        "claude-sonnet-4-20250514",
+    ),
+    (
+        "claude-3-7-sonnet",
+        "Claude Sonnet 3.7",
+        "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+        "claude-3-7-sonnet@20250219",
+        "claude-3-7-sonnet-20250219",
+    ),
+    (
+        "claude-3-5-haiku",
+        "Claude Haiku 3.5",
+        "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+        "claude-3-5-haiku@20241022",
+        "claude-3-5-haiku-20241022",
+    ),
+];
+
+/// Geographic prefixes of Bedrock cross-region inference profiles.
+const BEDROCK_GEO_PREFIXES: &[&str] = &[
+    "us.", "eu.", "apac.", "global.", "jp.", "au.", "ca.", "us-gov.",
+];
+
+/// Every known model, found by any of its IDs.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    entries: Vec<ModelEntry>,
+    index: HashMap<String, usize>,
+}
+
+impl Catalog {
+    /// The built-in entries, extended and overridden by `models`.
+    pub fn new(models: &[ModelConfig]) -> Self {
+        let mut entries: Vec<ModelEntry> = BUILTIN
+            .iter()
+            .map(|(name, display, bedrock, vertex, anthropic)| ModelEntry {
+                name: name.to_string(),
+                display_name: display.to_string(),
+                bedrock: Some(bedrock.to_string()),
+                vertex: Some(vertex.to_string()),
+                anthropic: Some(anthropic.to_string()),
+            })
+            .collect();
+        for m in models {
+            let entry = ModelEntry {
+                name: m.name.clone(),
+                display_name: m.display_name.clone().unwrap_or_else(|| m.name.clone()),
+                bedrock: m.bedrock.clone(),
+                vertex: m.vertex.clone(),
+                anthropic: m.anthropic.clone(),
+            };
+            match entries.iter_mut().find(|e| e.name == m.name) {
+                Some(existing) => *existing = entry,
+                // Configured models come first in listings.
+                None => entries.insert(0, entry),
+            }
+        }
+        // Index configured entries last so that they win any ID shared with a built-in one.
+        // Exact IDs are indexed after the prefix-stripped ones so that they win over them.
+        let mut index = HashMap::new();
+        for (i, e) in entries.iter().enumerate().rev() {
+            for base in e.ids().filter_map(strip_geo_prefix) {
+                index.insert(base.to_string(), i);
+            }
+        }
+        for (i, e) in entries.iter().enumerate().rev() {
+            for id in e.ids() {
+                index.insert(id.to_string(), i);
+            }
+        }
+        Self { entries, index }
+    }
+
+    /// The entry for a model named by any of its IDs.
+    pub fn lookup(&self, id: &str) -> Option<&ModelEntry> {
+        let i = self
+            .index
+            .get(id)
+            .or_else(|| strip_geo_prefix(id).and_then(|base| self.index.get(base)))?;
+        Some(&self.entries[*i])
+    }
+
+    /// Every entry, configured ones first.
+    pub fn entries(&self) -> &[ModelEntry] {
+        &self.entries
+    }
+
+    /// The ID to send to a backend of `kind` for a model the client named `requested`.
+    ///
+    /// A backend of the client's own kind gets the client's ID unchanged (it may be a regional
+    /// profile or an ARN the catalog does not know), unless the client used a logical name
+    /// that is not that provider's ID. Another kind gets the catalog's ID for it; `None` when
+    /// the model is unknown or has no ID there.
+    pub fn model_for(&self, requested: &str, kind: BackendKind, same_kind: bool) -> Option<String> {
+        let entry = self.lookup(requested);
+        if same_kind {
+            return match entry {
+                Some(e) if e.name == requested => {
+                    Some(e.id_for(kind).unwrap_or(requested).to_string())
+                }
+                _ => Some(requested.to_string()),
+            };
+        }
+        entry?.id_for(kind).map(str::to_string)
+    }
+}
+
+fn strip_geo_prefix(id: &str) -> Option<&str> {
+    BEDROCK_GEO_PREFIXES
+        .iter()
+        .find_map(|p| id.strip_prefix(p))
+        .filter(|rest| rest.starts_with("anthropic."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::new(&[ModelConfig {
+            name: "team-sonnet".into(),
+            bedrock: Some(
+                "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc".into(),
+            ),
+            vertex: Some("claude-sonnet-4-5@20250929".into()),
+            anthropic: None,
+            display_name: None,
+        }])
+    }
+
+    #[test]
+    fn any_id_of_a_model_finds_it() {
+        let c = catalog();
+        for id in [
+            "claude-sonnet-4-5",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "eu.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-sonnet-4-5-20250929",
+        ] {
+            assert_eq!(c.lookup(id).unwrap().name, "claude-sonnet-4-5", "{id}");
+        }
+        assert!(c.lookup("amazon.nova-pro-v1:0").is_none());
+    }
+
+    #[test]
+    fn configured_models_extend_and_win_shared_ids() {
+        let c = catalog();
+        assert_eq!(c.entries()[0].name, "team-sonnet");
+        assert_eq!(
+            c.lookup("arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc")
+                .unwrap()
+                .name,
+            "team-sonnet"
+        );
+        // The configured entry shares its Vertex ID with the built-in one and wins it.
+        assert_eq!(
+            c.lookup("claude-sonnet-4-5@20250929").unwrap().name,
+            "team-sonnet"
+        );
+    }
+
+    #[test]
+    fn ids_for_each_provider() {
+        let c = catalog();
+        let id = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+        assert_eq!(
+            c.model_for(id, BackendKind::Anthropic, false).as_deref(),
+            Some("claude-sonnet-4-5-20250929")
+        );
+        // Same kind: the client's own (regional) ID is kept.
+        let eu = "eu.anthropic.claude-sonnet-4-5-20250929-v1:0";
+        assert_eq!(
+            c.model_for(eu, BackendKind::Bedrock, true).as_deref(),
+            Some(eu)
+        );
+        // A logical name is translated even for the same kind.
+        assert_eq!(
+            c.model_for("claude-opus-4-5", BackendKind::Vertex, true)
+                .as_deref(),
+            Some("claude-opus-4-5@20251101")
+        );
+        // Unknown models cross no provider boundary.
+        assert_eq!(c.model_for("mystery", BackendKind::Vertex, false), None);
+        assert_eq!(
+            c.model_for("mystery", BackendKind::Vertex, true).as_deref(),
+            Some("mystery")
+        );
+    }
+}
