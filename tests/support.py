@@ -6,6 +6,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -331,3 +332,65 @@ def anthropic_backend(mock, **kw) -> dict:
     b = {"name": "mock-anthropic", "kind": "anthropic", "endpoint": mock.url, "api_key": mock.api_key}
     b.update(kw)
     return b
+
+
+# ------------------------------------------------------------------------------------------------
+# The gateway's per-request log lines and its metrics
+# ------------------------------------------------------------------------------------------------
+
+# key=value fields of a text log line; a value runs to the next " key=" (Display values such as
+# attempts="a:429 b:200" may or may not be quoted).
+_LOG_FIELD_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|.*?)(?= \w+=|$)')
+
+
+def request_log_entries(log_text: str) -> list[dict[str, str]]:
+    """The fields of every ``gateway::request`` line (one per request), in order; ``_line`` holds
+    the whole line."""
+    out = []
+    for line in log_text.splitlines():
+        if "gateway::request" not in line:
+            continue
+        fields: dict[str, str] = {"_line": line}
+        for m in _LOG_FIELD_RE.finditer(line):
+            v = m.group(2)
+            if len(v) >= 2 and v[0] == v[-1] == '"':
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    v = v[1:-1]
+            fields.setdefault(m.group(1), v)
+        out.append(fields)
+    return out
+
+
+def wait_request_logs(gw, pred=lambda e: True, count: int = 1, timeout: float = 5.0) -> list[dict[str, str]]:
+    """The request log entries matching ``pred``, once there are at least ``count`` of them (or
+    whatever there is after ``timeout``: the caller asserts)."""
+    def found(text: str):
+        entries = [e for e in request_log_entries(text) if pred(e)]
+        return entries if len(entries) >= count else None
+    return gw.wait_log(found, timeout=timeout) or [e for e in request_log_entries(gw.log()) if pred(e)]
+
+
+def attempts_of(entry: dict[str, str]) -> list[str]:
+    """``attempts`` of a request log entry as a list (``["mock-bedrock:429", "mock-vertex:200"]``)."""
+    return entry.get("attempts", "").split()
+
+
+def admin_get(gw, path: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(gw.admin + path, timeout=5) as r:
+        return r.read().decode()
+
+
+def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        m = re.fullmatch(rf'{re.escape(name)}(?:\{{(.*)\}})?\s+(\S+)', line.strip())
+        if not m:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
