@@ -82,6 +82,8 @@ fn view(body: &Bytes) -> Box<RequestView> {
     let mut headers = http::HeaderMap::new();
     headers.insert("authorization", "Bearer sk-gw-test".parse().unwrap());
     headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    // As every client sends it (the rate-limit plugin estimates tokens from it).
+    headers.insert("content-length", body.len().into());
     headers.insert(
         "x-claude-code-session-id",
         "5b3c7a2e-0000-4000-8000-000000000000".parse().unwrap(),
@@ -203,6 +205,24 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let mut run = p.start(view(&small));
+                    run.on_request().await.unwrap();
+                    run.on_response(200, &upstream_headers).await;
+                    run.finish(completion()).await;
+                })
+            })
+        });
+    }
+    // Each stock plugin alone, to see where the pipeline's time goes.
+    for config in stock_plugins() {
+        let alone = Arc::new(Pipeline::new(
+            vec![rt.block_on(engine.load(&config)).unwrap()],
+            Arc::clone(&completions),
+            rt.handle().clone(),
+        ));
+        group.bench_function(BenchmarkId::new("alone", &config.name), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut run = alone.start(view(&small));
                     run.on_request().await.unwrap();
                     run.on_response(200, &upstream_headers).await;
                     run.finish(completion()).await;

@@ -218,9 +218,8 @@ impl Catalog {
         let entry = self.lookup(requested);
         if same_kind {
             return match entry {
-                Some(e) if e.name == requested => {
-                    Some(e.id_for(kind).unwrap_or(requested).to_string())
-                }
+                // A logical name is no provider's ID: only the catalog's ID for `kind` will do.
+                Some(e) if e.name == requested => e.id_for(kind).map(str::to_string),
                 _ => Some(requested.to_string()),
             };
         }
@@ -302,6 +301,11 @@ mod tests {
             c.model_for("claude-opus-4-5", BackendKind::Vertex, true)
                 .as_deref(),
             Some("claude-opus-4-5@20251101")
+        );
+        // A configured model without an ID for a provider cannot go there, even by its name.
+        assert_eq!(
+            c.model_for("team-sonnet", BackendKind::Anthropic, true),
+            None
         );
         // Unknown models cross no provider boundary.
         assert_eq!(c.model_for("mystery", BackendKind::Vertex, false), None);

@@ -158,6 +158,13 @@ enum Stop {
     Abort(Outcome, String),
 }
 
+/// Why an upstream exchange failed before an answer came: a short kind for the attempts log
+/// (`connect-error`, `timeout`, `error`) and the error to answer with.
+struct SendFailure {
+    kind: &'static str,
+    error: GatewayError,
+}
+
 impl From<GatewayError> for Stop {
     fn from(e: GatewayError) -> Self {
         Stop::Answer(e)
@@ -291,7 +298,8 @@ impl Gateway {
                 Ok(p) => p,
                 Err(e) if last => return Err(e.into()),
                 Err(e) => {
-                    ctx.attempts.push(format!("{}:{}", backend.name, e));
+                    tracing::info!(request_id = %ctx.request_id, backend = %backend.name, error = %e, "backend skipped: the request cannot be prepared for it");
+                    ctx.attempts.push(format!("{}:unprepared", backend.name));
                     continue;
                 }
             };
@@ -301,17 +309,14 @@ impl Gateway {
                 .await
             {
                 Ok(upstream) => upstream,
-                Err(stop) => {
-                    let why = match &stop {
-                        Stop::Answer(e) => e.to_string(),
-                        Stop::Abort(_, why) => why.clone(),
-                    };
-                    ctx.attempts.push(format!("{}:{why}", backend.name));
+                Err(failure) => {
+                    ctx.attempts
+                        .push(format!("{}:{}", backend.name, failure.kind));
                     self.record_health(backend, false);
                     if last {
-                        return Err(stop);
+                        return Err(failure.error.into());
                     }
-                    self.failover(ctx, backend, &why);
+                    self.failover(ctx, backend, &failure.error.to_string());
                     continue;
                 }
             };
@@ -718,16 +723,20 @@ impl Gateway {
         body: Bytes,
         backend: &str,
         first_byte: Duration,
-    ) -> Result<UpstreamSession, Stop> {
+    ) -> Result<UpstreamSession, SendFailure> {
         let mut last_error = String::new();
         for _attempt in 0..2 {
             let (mut upstream, reused) =
-                self.connector.get_http_session(peer).await.map_err(|e| {
-                    GatewayError::Unavailable(format!(
-                        "backend {backend} is unreachable: {}",
-                        e.etype().as_str()
-                    ))
-                })?;
+                self.connector
+                    .get_http_session(peer)
+                    .await
+                    .map_err(|e| SendFailure {
+                        kind: "connect-error",
+                        error: GatewayError::Unavailable(format!(
+                            "backend {backend} is unreachable: {}",
+                            e.etype().as_str()
+                        )),
+                    })?;
             let sent = async {
                 upstream
                     .write_request_header(Box::new(header.clone()))
@@ -744,11 +753,13 @@ impl Gateway {
                     match tokio::time::timeout(first_byte, upstream.read_response_header()).await {
                         Ok(r) => r,
                         Err(_) => {
-                            return Err(GatewayError::Unavailable(format!(
-                                "backend {backend} did not answer within {}",
-                                humantime::format_duration(first_byte)
-                            ))
-                            .into())
+                            return Err(SendFailure {
+                                kind: "timeout",
+                                error: GatewayError::Unavailable(format!(
+                                    "backend {backend} did not answer within {}",
+                                    humantime::format_duration(first_byte)
+                                )),
+                            })
                         }
                     }
                 }
@@ -761,18 +772,22 @@ impl Gateway {
                     tracing::debug!(backend, error = %e, "pooled upstream connection was stale; retrying on a new one");
                 }
                 Err(e) => {
-                    return Err(GatewayError::Unavailable(format!(
-                        "backend {backend} failed before answering: {}",
-                        e.etype().as_str()
-                    ))
-                    .into())
+                    return Err(SendFailure {
+                        kind: "error",
+                        error: GatewayError::Unavailable(format!(
+                            "backend {backend} failed before answering: {}",
+                            e.etype().as_str()
+                        )),
+                    })
                 }
             }
         }
-        Err(GatewayError::Unavailable(format!(
-            "backend {backend} failed before answering: {last_error}"
-        ))
-        .into())
+        Err(SendFailure {
+            kind: "error",
+            error: GatewayError::Unavailable(format!(
+                "backend {backend} failed before answering: {last_error}"
+            )),
+        })
     }
 
     /// Writes a gateway error in the client's protocol.

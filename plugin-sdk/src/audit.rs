@@ -14,3 +14,10 @@ pub fn emit(record: &serde_json::Value) -> Result<(), Error> {
     }
     host::audit_emit(&record.to_string()).map_err(Error::from)
 }
+
+/// Appends one record already serialized as JSON object text (saves serializing it again
+/// when the caller needed the text anyway, e.g. to check its size). The host checks that it
+/// is one JSON object.
+pub fn emit_text(record: &str) -> Result<(), Error> {
+    host::audit_emit(record).map_err(Error::from)
+}

@@ -495,11 +495,22 @@ impl audit::Host for HostState {
         if let Err(e) = self.check_size("audit record", record.len()) {
             return Ok(Err(e));
         }
+        let generation = self.view.as_ref().map(|v| v.generation);
+        // The common case costs one validating scan and one copy: a compact object without
+        // its own `config_generation` gets the host's appended as text.
+        match splice_generation(&record, generation) {
+            Spliced::Line(line) => {
+                self.services.audit.emit_line(line);
+                return Ok(Ok(()));
+            }
+            Spliced::NotAnObject(e) => return Ok(Err(e)),
+            Spliced::Rebuild => {}
+        }
         match serde_json::from_str::<serde_json::Value>(&record) {
             Ok(serde_json::Value::Object(mut fields)) => {
                 // The host vouches for which configuration served the request.
-                if let Some(view) = &self.view {
-                    fields.insert("config_generation".into(), view.generation.into());
+                if let Some(generation) = generation {
+                    fields.insert("config_generation".into(), generation.into());
                 }
                 self.services.audit.emit(&serde_json::Value::Object(fields));
                 Ok(Ok(()))
@@ -508,6 +519,68 @@ impl audit::Host for HostState {
             Err(e) => Ok(Err(format!("an audit record must be JSON: {e}"))),
         }
     }
+}
+
+/// What [`splice_generation`] made of a record.
+#[derive(Debug, PartialEq, Eq)]
+enum Spliced {
+    /// The line to write.
+    Line(String),
+    /// The record must be parsed and written anew (it has line breaks or its own
+    /// `config_generation`).
+    Rebuild,
+    /// Not a JSON object; why.
+    NotAnObject(String),
+}
+
+/// Validates `record` as one JSON object without building it, and appends
+/// `"config_generation"` to its text.
+fn splice_generation(record: &str, generation: Option<u64>) -> Spliced {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut has_generation = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                has_generation |= key == "config_generation";
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(has_generation)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(record);
+    let has_generation = match de.deserialize_map(Keys).and_then(|h| de.end().map(|_| h)) {
+        Ok(h) => h,
+        Err(e) if e.is_data() => {
+            return Spliced::NotAnObject("an audit record must be a JSON object".into())
+        }
+        Err(e) => return Spliced::NotAnObject(format!("an audit record must be JSON: {e}")),
+    };
+    if has_generation || memchr::memchr2(b'\n', b'\r', record.as_bytes()).is_some() {
+        return Spliced::Rebuild;
+    }
+    let Some(generation) = generation else {
+        return Spliced::Line(record.trim().to_string());
+    };
+    let body = record.trim();
+    // `{` ... `}`: the scan above proved the text is one object.
+    let inner = body[1..body.len() - 1].trim();
+    let mut line = String::with_capacity(body.len() + 32);
+    line.push('{');
+    line.push_str(inner);
+    if !inner.is_empty() {
+        line.push(',');
+    }
+    line.push_str("\"config_generation\":");
+    line.push_str(&generation.to_string());
+    line.push('}');
+    Spliced::Line(line)
 }
 
 impl metrics::Host for HostState {
@@ -533,5 +606,37 @@ impl metrics::Host for HostState {
             .services
             .metrics
             .plugin_gauge_set(&self.plugin.name, &name, &labels, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_records_get_the_generation_appended_or_are_rebuilt() {
+        assert_eq!(
+            splice_generation(r#"{"a":1,"b":"x}"}"#, Some(7)),
+            Spliced::Line(r#"{"a":1,"b":"x}","config_generation":7}"#.into())
+        );
+        assert_eq!(
+            splice_generation(" {} ", Some(2)),
+            Spliced::Line(r#"{"config_generation":2}"#.into())
+        );
+        // A record that claims a generation, or spans lines, is rebuilt by the slow path.
+        assert_eq!(
+            splice_generation(r#"{"config_generation":99}"#, Some(1)),
+            Spliced::Rebuild
+        );
+        assert_eq!(
+            splice_generation("{\n\"a\": 1\n}", Some(1)),
+            Spliced::Rebuild
+        );
+        for bad in ["[1]", "\"x\"", "{\"a\":1} {}", "{\"a\":", "nope"] {
+            assert!(
+                matches!(splice_generation(bad, Some(1)), Spliced::NotAnObject(_)),
+                "{bad}"
+            );
+        }
     }
 }

@@ -72,6 +72,97 @@ pub struct RequestView {
     pub generation: u64,
     body: Bytes,
     body_json: Option<Option<serde_json::Value>>,
+    body_scans: u8,
+}
+
+/// Pointer lookups answered by scanning the body before it is parsed whole.
+const SCANS_BEFORE_PARSE: u8 = 2;
+
+/// The value at a JSON pointer (RFC 6901) in `body`, found by walking the text: only the
+/// value asked for is built, everything else is skipped.
+fn scan_pointer(body: &[u8], pointer: &str) -> Option<serde_json::Value> {
+    let path: Vec<String> = pointer
+        .strip_prefix('/')?
+        .split('/')
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let found = serde::de::DeserializeSeed::deserialize(PointerSeed(&path), &mut de).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// Deserializes only what lies at `.0` (the remaining pointer segments).
+struct PointerSeed<'p>(&'p [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PointerSeed<'_> {
+    type Value = Option<serde_json::Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.0.is_empty() {
+            return serde::Deserialize::deserialize(d).map(Some);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PointerSeed<'_> {
+    type Value = Option<serde_json::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (key, rest) = (&self.0[0], &self.0[1..]);
+        let mut found = None;
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if k == key.as_str() {
+                // The last of duplicate keys wins, as when the body is parsed whole.
+                found = map.next_value_seed(PointerSeed(rest))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let index = self.0[0].parse::<usize>().ok();
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            if Some(i) == index {
+                match seq.next_element_seed(PointerSeed(&self.0[1..]))? {
+                    Some(v) => found = v,
+                    None => break,
+                }
+            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                break;
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 impl RequestView {
@@ -106,6 +197,7 @@ impl RequestView {
             generation: 0,
             body,
             body_json: None,
+            body_scans: 0,
         }
     }
 
@@ -187,6 +279,15 @@ impl RequestView {
     }
 
     pub(super) fn body_json(&mut self, pointer: &str, limit: usize) -> Option<String> {
+        // The first few lookups scan the body for the one value asked for, without building
+        // the rest (a Claude Code body is 50-80 KB of prompt and tools); a plugin that keeps
+        // asking gets the body parsed once and for all.
+        if self.body_json.is_none() && !pointer.is_empty() && self.body_scans < SCANS_BEFORE_PARSE {
+            self.body_scans += 1;
+            let value = scan_pointer(&self.body, pointer)?;
+            let text = value.to_string();
+            return (text.len() <= limit).then_some(text);
+        }
         let body = &self.body;
         let parsed = self
             .body_json
@@ -288,6 +389,30 @@ mod tests {
         );
         assert_eq!(v.body_json("/nope", 1000), None);
         assert_eq!(v.body_json("", 5), None);
+    }
+
+    #[test]
+    fn pointer_scans_agree_with_a_whole_parse() {
+        let body = br#"{"a":{"b/c":[1,{"d~e":"x"}],"n":null},"a2":2,"s":"t","dup":1,"dup":2}"#;
+        let whole: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for p in [
+            "/a",
+            "/a/b~1c",
+            "/a/b~1c/1/d~0e",
+            "/a/b~1c/0",
+            "/a/b~1c/5",
+            "/a/n",
+            "/a2",
+            "/s",
+            "/s/x",
+            "/dup",
+            "/missing",
+            "/a/b~1c/x",
+            "nope",
+        ] {
+            assert_eq!(scan_pointer(body, p), whole.pointer(p).cloned(), "{p}");
+        }
+        assert_eq!(scan_pointer(b"{\"a\":1} trailing", "/a"), None);
     }
 
     #[test]

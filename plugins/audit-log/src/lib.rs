@@ -106,18 +106,19 @@ impl Plugin for AuditLog {
     }
 
     fn on_complete(&mut self, c: &Completion) {
-        let record = self.record(c);
-        let mut text_len = record.to_string().len();
-        let mut record = record;
-        if text_len > self.max_record_bytes {
+        let mut record = self.record(c);
+        // Serialized once (twice only when a captured body must be dropped for size).
+        let mut text = record.to_string();
+        if text.len() > self.max_record_bytes {
             // Only a captured body can make a record this large.
             if let Some(obj) = record.as_object_mut() {
                 obj.remove("request_body");
                 obj.insert("request_body_omitted".into(), json!("record too large"));
             }
-            text_len = record.to_string().len();
+            text = record.to_string();
         }
-        match audit::emit(&record) {
+        let text_len = text.len();
+        match audit::emit_text(&text) {
             Ok(()) => {
                 let _ = metrics::counter_add("records_total", &[], 1);
             }
