@@ -604,3 +604,35 @@ def test_anthropic_vertex_stream_served_by_bedrock(start_gateway, mock_bedrock):
     rec = mock_bedrock.by_operation("invoke-with-response-stream")[-1]
     assert rec.model_id == SONNET
     check_bedrock_call(mock_bedrock, rec)
+
+
+def test_failover_attempts_reach_the_audit_record(start_gateway, mock_bedrock, mock_vertex, sa_file, tmp_path):
+    from support import plugin_path
+    audit = tmp_path / "audit.log"
+    extra = route("mock-bedrock", "mock-vertex") + f"""
+[audit]
+path = "{audit}"
+fsync = "always"
+
+[[plugins]]
+name = "audit-log"
+path = "{plugin_path('audit-log')}"
+on_error = "allow"
+cpu_limit = "250ms"
+"""
+    gw = start_gateway(backends=[mock_backend(mock_bedrock), vertex_backend(mock_vertex, sa_file)], extra=extra)
+    mock_bedrock.fail_with(429)
+    rid = f"audit-attempts-{uuid.uuid4()}"
+    c = with_request_id(boto_client("bedrock-runtime", gw.base), rid)
+    c.invoke_model(modelId=SONNET, body=BODY)
+    import time
+    deadline = time.time() + 10
+    record = None
+    while time.time() < deadline and record is None:
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        record = next((json.loads(line) for line in lines if rid in line), None)
+        time.sleep(0.05)
+    assert record is not None, gw.log()[-3000:]
+    assert record["attempts"] == "mock-bedrock:429 mock-vertex:200", record
+    assert record["backend"] == "mock-vertex" and record["status"] == 200, record
+    assert record["input_tokens"] == mv.USAGE_INPUT, record
