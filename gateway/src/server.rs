@@ -13,6 +13,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
@@ -30,6 +32,9 @@ use crate::reload::{Live, Reloader};
 use crate::state::MemoryStore;
 use crate::upstream::route::Router;
 use crate::upstream::Upstreams;
+
+/// The data plane's per-connection write buffer.
+const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -180,15 +185,21 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
     );
     let mut data_plane =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "data plane");
-    match (&config.server.tls_cert, &config.server.tls_key) {
+    // A write buffer large enough for a response head and a typical JSON answer (or one
+    // stream chunk with its framing) makes them one `send` instead of two or three; Pingora
+    // still flushes every streamed chunk at once.
+    let listener = ListenerConfig::tcp(config.server.listen.as_str())
+        .l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER));
+    let listener = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => {
             let mut tls =
                 TlsSettings::intermediate(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
             tls.enable_h2();
-            data_plane.add_tls_with_settings(&config.server.listen, None, tls);
+            listener.tls(tls)
         }
-        _ => data_plane.add_tcp(&config.server.listen),
-    }
+        _ => listener,
+    };
+    data_plane.add_listener(listener);
 
     let mut admin = Service::new(
         "admin".to_string(),

@@ -352,6 +352,23 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_limit_holds_after_the_epoch_ticker_went_idle() {
+    let h = host(PluginRuntimeConfig::default());
+    let pipeline = h.pipeline(&[config("spin", "")]).await;
+    // Long enough without plugin calls for the ticker to park.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let denial = pipeline.start(view(&[])).on_request().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(denial.status, 503);
+    assert_eq!(h.calls("spin", "timeout"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_at_the_memory_limit() {
     let h = host(PluginRuntimeConfig::default());
     // A generous CPU limit, so the memory limit is what stops it.

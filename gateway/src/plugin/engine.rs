@@ -2,8 +2,9 @@
 //!
 //! The engine uses the pooling allocator (instance slots, memories and fiber stacks are
 //! reserved up front and reused; memories start from copy-on-write images of their initial
-//! data) and epoch interruption (a ticker thread advances the epoch every millisecond; a store's
-//! callback then compares the guest's CPU time with its budget).
+//! data) and epoch interruption (a ticker thread advances the epoch every millisecond while
+//! plugins run, and parks when none has run for a while; a store's callback then compares the
+//! guest's CPU time with its budget).
 //!
 //! Loading a plugin: read the file, turn a core module that carries a component type into a
 //! component (`wit-component`), compile, check that it speaks version 1.x of the contract,
@@ -40,12 +41,66 @@ pub struct PluginEngine {
     linker: Linker<HostState>,
     services: Arc<HostServices>,
     runtime: PluginRuntimeConfig,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl Drop for PluginEngine {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
+        self.ticker.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.ticker.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Ticks without a plugin call before the ticker parks.
+const IDLE_TICKS_BEFORE_PARK: u32 = 100;
+
+/// The epoch ticker's shared state. The ticker advances the epoch every [`EPOCH_TICK`] while
+/// plugins run and parks once none has run for [`IDLE_TICKS_BEFORE_PARK`] ticks, so a gateway
+/// without plugin traffic is not woken a thousand times a second; the next call unparks it.
+#[derive(Debug, Default)]
+struct Ticker {
+    stop: AtomicBool,
+    parked: AtomicBool,
+    calls: std::sync::atomic::AtomicU64,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Ticker {
+    fn run(&self, engine: wasmtime::EngineWeak) {
+        let mut idle = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(EPOCH_TICK);
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+            if self.calls.swap(0, Ordering::SeqCst) > 0 {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle >= IDLE_TICKS_BEFORE_PARK {
+                self.parked.store(true, Ordering::SeqCst);
+                // A call that started before `parked` was set is seen here; one that starts
+                // after it unparks this thread (an unpark before the park is not lost).
+                if self.calls.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                idle = 0;
+            }
+        }
+    }
+
+    fn call_started(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
     }
 }
 
@@ -81,21 +136,14 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
-        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker = Arc::new(Ticker::default());
         let ticker_engine = engine.weak();
-        let stop = Arc::clone(&stop_ticker);
-        std::thread::Builder::new()
+        let state = Arc::clone(&ticker);
+        let thread = std::thread::Builder::new()
             .name("gw-plugin-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match ticker_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+            .spawn(move || state.run(ticker_engine))
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        let _ = ticker.thread.set(thread.thread().clone());
 
         Ok(Self {
             engine,
@@ -103,8 +151,13 @@ impl PluginEngine {
             linker,
             services,
             runtime: runtime.clone(),
-            stop_ticker,
+            ticker,
         })
+    }
+
+    /// Tells the epoch ticker a plugin call is starting (wakes it if it was parked).
+    pub fn call_started(&self) {
+        self.ticker.call_started();
     }
 
     /// The wasmtime engine.

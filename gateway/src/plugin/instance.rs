@@ -134,6 +134,7 @@ impl LoadedPlugin {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
+        self.engine.call_started();
         store.data_mut().budget = self.cpu_limit * INIT_BUDGET_FACTOR;
         store.data_mut().begin_call();
         store.set_epoch_deadline(1);
@@ -239,7 +240,8 @@ impl LoadedPlugin {
 }
 
 impl PluginInstance {
-    fn begin(&mut self, view: Box<RequestView>) {
+    fn begin(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>) {
+        plugin.engine.call_started();
         let state = self.store.data_mut();
         state.view = Some(view);
         state.begin_call();
@@ -259,7 +261,7 @@ impl PluginInstance {
         view: Box<RequestView>,
     ) -> (Box<RequestView>, Result<types::Decision, PluginFailure>) {
         let started = Instant::now();
-        self.begin(view);
+        self.begin(plugin, view);
         let result = self
             .bindings
             .llm_gateway_plugin_handler()
@@ -297,7 +299,7 @@ impl PluginInstance {
         view: Box<RequestView>,
     ) -> (Box<RequestView>, Result<(), PluginFailure>) {
         let started = Instant::now();
-        self.begin(view);
+        self.begin(plugin, view);
         let result = self
             .bindings
             .llm_gateway_plugin_handler()
@@ -317,7 +319,7 @@ impl PluginInstance {
         completion: &types::Completion,
     ) -> (Box<RequestView>, Result<(), PluginFailure>) {
         let started = Instant::now();
-        self.begin(view);
+        self.begin(plugin, view);
         let result = self
             .bindings
             .llm_gateway_plugin_handler()
