@@ -106,18 +106,7 @@ impl Plugin for AuditLog {
     }
 
     fn on_complete(&mut self, c: &Completion) {
-        let mut record = self.record(c);
-        // Serialized once (twice only when a captured body must be dropped for size).
-        let mut text = record.to_string();
-        if text.len() > self.max_record_bytes {
-            // Only a captured body can make a record this large.
-            if let Some(obj) = record.as_object_mut() {
-                obj.remove("request_body");
-                obj.insert("request_body_omitted".into(), json!("record too large"));
-            }
-            text = record.to_string();
-        }
-        let text_len = text.len();
+        let text = self.record(c);
         match audit::emit_text(&text) {
             Ok(()) => {
                 let _ = metrics::counter_add("records_total", &[], 1);
@@ -125,16 +114,61 @@ impl Plugin for AuditLog {
             Err(e) => {
                 let _ = metrics::counter_add("emit_errors_total", &[], 1);
                 log::error(&format!(
-                    "could not write the audit record of request {} ({text_len} bytes): {e}",
-                    record["request_id"].as_str().unwrap_or("?")
+                    "could not write the audit record of request {} ({} bytes): {e}",
+                    c.request().request_id(),
+                    text.len()
                 ));
             }
         }
     }
 }
 
+/// A JSON object written field by field straight into its text (no map of values is built:
+/// this runs for every request).
+struct ObjectWriter {
+    out: Vec<u8>,
+}
+
+impl ObjectWriter {
+    fn new() -> Self {
+        let mut out = Vec::with_capacity(1024);
+        out.push(b'{');
+        Self { out }
+    }
+
+    fn put(&mut self, key: &str, value: &Value) {
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.out, key);
+        self.out.push(b':');
+        let _ = serde_json::to_writer(&mut self.out, value);
+    }
+
+    /// Appends a field whose value is already JSON text.
+    fn put_raw(&mut self, key: &str, json_text: &str) {
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut self.out, key);
+        self.out.push(b':');
+        self.out.extend_from_slice(json_text.as_bytes());
+    }
+
+    fn len(&self) -> usize {
+        self.out.len() + 1
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push(b'}');
+        String::from_utf8(self.out).expect("serde_json writes UTF-8")
+    }
+}
+
 impl AuditLog {
-    fn record(&mut self, c: &Completion) -> Value {
+    /// The record of a finished request, as JSON text.
+    fn record(&mut self, c: &Completion) -> String {
         let req = c.request();
         let request_id = req.request_id();
         // `seen` belongs to this request unless on_request did not run on this instance
@@ -153,62 +187,57 @@ impl AuditLog {
             model_served.as_deref().or(seen.model_requested.as_deref()),
             &c.usage,
         );
-        let mut r = Map::new();
-        let mut put = |k: &str, v: Value| {
-            r.insert(k.to_string(), v);
-        };
-        put("time", json!(rfc3339(seen.started_ms)));
-        put("request_id", json!(request_id));
-        put("principal", json!(req.principal()));
-        put("team", json!(req.team()));
-        put("client_address", json!(req.client_address()));
-        put("front_door", json!(req.front_door().as_str()));
-        put("operation", json!(req.operation().as_str()));
-        put("method", json!(req.method()));
-        put("backend", json!(c.backend));
+        let mut r = ObjectWriter::new();
+        r.put("time", &json!(rfc3339(seen.started_ms)));
+        r.put("request_id", &json!(request_id));
+        r.put("principal", &json!(req.principal()));
+        r.put("team", &json!(req.team()));
+        r.put("client_address", &json!(req.client_address()));
+        r.put("front_door", &json!(req.front_door().as_str()));
+        r.put("operation", &json!(req.operation().as_str()));
+        r.put("method", &json!(req.method()));
+        r.put("backend", &json!(c.backend));
         // Every backend tried when the request failed over (`name:status ...`), set by the host.
-        put("attempts", json!(req.metadata("gateway.attempts")));
-        put("model_requested", json!(seen.model_requested));
-        put("model_served", json!(model_served));
-        put("status", json!(c.status));
-        put("outcome", json!(c.outcome.as_str()));
-        put("denied_by", json!(c.denied_by));
-        put("input_tokens", json!(c.usage.input_tokens));
-        put("output_tokens", json!(c.usage.output_tokens));
-        put("cache_read_tokens", json!(c.usage.cache_read_tokens));
-        put("cache_write_tokens", json!(c.usage.cache_write_tokens));
-        put("cost_usd", json!(micro_to_usd(cost_micro)));
-        put("latency_ms", json!(c.latency_ms));
-        put("time_to_first_token_ms", json!(c.time_to_first_token_ms));
-        put("request_bytes", json!(c.request_bytes));
-        put("response_bytes", json!(c.response_bytes));
-        put("session_id", json!(req.header(&self.session_header)));
-        put("user_agent", json!(req.header("user-agent")));
+        r.put("attempts", &json!(req.metadata("gateway.attempts")));
+        r.put("model_requested", &json!(seen.model_requested));
+        r.put("model_served", &json!(model_served));
+        r.put("status", &json!(c.status));
+        r.put("outcome", &json!(c.outcome.as_str()));
+        r.put("denied_by", &json!(c.denied_by));
+        r.put("input_tokens", &json!(c.usage.input_tokens));
+        r.put("output_tokens", &json!(c.usage.output_tokens));
+        r.put("cache_read_tokens", &json!(c.usage.cache_read_tokens));
+        r.put("cache_write_tokens", &json!(c.usage.cache_write_tokens));
+        r.put("cost_usd", &json!(micro_to_usd(cost_micro)));
+        r.put("latency_ms", &json!(c.latency_ms));
+        r.put("time_to_first_token_ms", &json!(c.time_to_first_token_ms));
+        r.put("request_bytes", &json!(c.request_bytes));
+        r.put("response_bytes", &json!(c.response_bytes));
+        r.put("session_id", &json!(req.header(&self.session_header)));
+        r.put("user_agent", &json!(req.header("user-agent")));
         if !self.headers.is_empty() {
             let headers: Map<String, Value> = self
                 .headers
                 .iter()
                 .filter_map(|h| req.header(h).map(|v| (h.clone(), json!(v))))
                 .collect();
-            put("headers", Value::Object(headers));
+            r.put("headers", &Value::Object(headers));
         }
         if self.capture_bodies {
             match req.body_json_text("") {
-                // Parsed only when it can fit: the record's size limit applies anyway.
-                Some(text) if text.len() <= self.max_record_bytes => {
-                    match serde_json::from_str::<Value>(&text) {
-                        Ok(body) => put("request_body", body),
-                        Err(e) => log::warn(&format!("request body not recorded: {e}")),
-                    }
+                // The host hands the body as compact JSON text; it goes in as it is, if the
+                // record stays within its size limit.
+                Some(text) if r.len() + text.len() + 20 <= self.max_record_bytes => {
+                    r.put_raw("request_body", &text)
                 }
-                Some(text) => put(
+                Some(text) => r.put(
                     "request_body_omitted",
-                    json!(format!("{} bytes, over max_record_bytes", text.len())),
+                    &json!(format!("{} bytes, over max_record_bytes", text.len())),
                 ),
-                None => put("request_body", Value::Null),
+                None => r.put("request_body", &Value::Null),
             }
         }
-        Value::Object(r)
+        r.finish()
     }
 }
 

@@ -75,6 +75,7 @@ fn one_record_with_every_field() {
             "operation": "stream",
             "method": "POST",
             "backend": "bedrock-us-east-1",
+            "attempts": null,
             "model_requested": "us.anthropic.claude-opus-4-5",
             "model_served": "us.anthropic.claude-sonnet-4-5",
             "status": 200,
@@ -204,4 +205,16 @@ fn a_pooled_instance_does_not_mix_requests() {
     assert_eq!(r["model_requested"], Value::Null);
     assert_eq!(r["time"], "2025-06-15T12:01:00.000Z");
     assert_eq!(r["operation"], "list-models");
+}
+
+#[test]
+fn failover_attempts_set_by_the_host_are_recorded() {
+    let mut h = host(json!({}));
+    let mut ex =
+        h.on_request(request().metadata("gateway.attempts", "bedrock-use1:429 vertex-east5:200"));
+    h.on_complete(&mut ex, &completion());
+    assert_eq!(
+        h.audit_records()[0]["attempts"],
+        "bedrock-use1:429 vertex-east5:200"
+    );
 }
