@@ -146,7 +146,7 @@ fn bench(c: &mut Criterion) {
         let plugins = names
             .iter()
             .map(|n| {
-                rt.block_on(engine.load(&plugin_config(n, isolation)))
+                rt.block_on(engine.load_optimized(&plugin_config(n, isolation)))
                     .unwrap()
             })
             .collect();
@@ -192,7 +192,7 @@ fn bench(c: &mut Criterion) {
     let stock = {
         let plugins = stock_plugins()
             .iter()
-            .map(|c| rt.block_on(engine.load(c)).unwrap())
+            .map(|c| rt.block_on(engine.load_optimized(c)).unwrap())
             .collect();
         Arc::new(Pipeline::new(
             plugins,
@@ -212,10 +212,34 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The same pipeline on baseline (Winch) code: how requests run in the moments between a
+    // reload and the end of its background optimization.
+    let stock_baseline = {
+        engine.retain_cached(&Default::default());
+        let plugins = stock_plugins()
+            .iter()
+            .map(|c| rt.block_on(engine.load(c)).unwrap())
+            .collect();
+        Arc::new(Pipeline::new(
+            plugins,
+            Arc::clone(&completions),
+            rt.handle().clone(),
+        ))
+    };
+    group.bench_function("4 stock plugins, baseline code", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut run = stock_baseline.start(view(&small));
+                run.on_request().await.unwrap();
+                run.on_response(200, &upstream_headers).await;
+                run.finish(completion()).await;
+            })
+        })
+    });
     // Each stock plugin alone, to see where the pipeline's time goes.
     for config in stock_plugins() {
         let alone = Arc::new(Pipeline::new(
-            vec![rt.block_on(engine.load(&config)).unwrap()],
+            vec![rt.block_on(engine.load_optimized(&config)).unwrap()],
             Arc::clone(&completions),
             rt.handle().clone(),
         ));
@@ -237,12 +261,25 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("reload 4 stock plugins");
     group.sample_size(10);
     let configs = stock_plugins();
+    // What a reload waits for: baseline (Winch) code, serving as soon as it is swapped in.
     group.bench_function("cold module cache", |b| {
         b.iter(|| {
             engine.retain_cached(&Default::default());
             rt.block_on(engine.load_all(&configs))
                 .map_err(|(n, e)| format!("{n}: {e}"))
                 .unwrap()
+        })
+    });
+    // The background step that follows: the same plugins compiled by Cranelift.
+    group.bench_function("cold, then optimized in the background", |b| {
+        b.iter(|| {
+            engine.retain_cached(&Default::default());
+            rt.block_on(async {
+                engine.load_all(&configs).await?;
+                engine.load_all_optimized(&configs).await
+            })
+            .map_err(|(n, e)| format!("{n}: {e}"))
+            .unwrap()
         })
     });
     group.bench_function("warm module cache", |b| {

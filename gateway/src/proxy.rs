@@ -973,15 +973,6 @@ impl ProxyHttp for Gateway {
                 (v.principal.clone(), v.team.clone())
             })
             .unwrap_or_default();
-        if let Some(mut run) = ctx.plugins.take() {
-            if !ctx.attempts.is_empty() {
-                run.get_mut()
-                    .view_mut()
-                    .metadata
-                    .insert("gateway.attempts".into(), ctx.attempts.join(" "));
-            }
-            run.into_inner().complete(completion(ctx, latency));
-        }
         let info = ctx.info.as_ref();
         self.record_metrics(ctx, latency, usage, team.as_deref());
         tracing::info!(
@@ -1013,6 +1004,16 @@ impl ProxyHttp for Gateway {
             error = ctx.error.as_deref().unwrap_or("-"),
             "request"
         );
+        // After the log line, so that no audit record is ever written before its request's line.
+        if let Some(mut run) = ctx.plugins.take() {
+            if !ctx.attempts.is_empty() {
+                run.get_mut()
+                    .view_mut()
+                    .metadata
+                    .insert("gateway.attempts".into(), ctx.attempts.join(" "));
+            }
+            run.into_inner().complete(completion(ctx, latency));
+        }
     }
 }
 

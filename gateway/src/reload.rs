@@ -24,6 +24,7 @@ use prometheus::IntCounterVec;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::plugin::engine::Tier;
 use crate::plugin::pipeline::Completions;
 use crate::plugin::{Pipeline, PluginEngine};
 use crate::upstream::route::Router;
@@ -137,7 +138,7 @@ impl Reloader {
     }
 
     /// Reads the file again and, if everything in it loads, swaps the new generation in.
-    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, String> {
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<ReloadReport, String> {
         let _guard = self.one_at_a_time.lock().await;
         let started = Instant::now();
         let result = self.build().await;
@@ -148,6 +149,7 @@ impl Reloader {
                     restart_required(&running, &config)
                 };
                 // Everything loaded: one atomic store, then bookkeeping.
+                let plugins = config.plugins.clone();
                 self.pipeline.store(pipeline);
                 self.router.store(router);
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -183,6 +185,7 @@ impl Reloader {
                     restart_required,
                 };
                 tracing::info!(trigger, generation, duration_ms = report.duration_ms, compiled = ?report.compiled, "configuration reloaded");
+                self.optimize_later(generation, plugins);
                 Ok(report)
             }
             Err(error) => {
@@ -234,6 +237,53 @@ impl Reloader {
         Ok((config, pipeline, router, compiled))
     }
 
+    /// Plugins new to a generation start on baseline code (quick to compile, so the reload is
+    /// quick); this compiles them with the optimizing compiler in the background and swaps
+    /// the same generation's pipeline for one running the optimized code. A newer generation
+    /// makes it give up: that one is optimized in turn.
+    pub fn optimize_later(
+        self: &Arc<Self>,
+        generation: u64,
+        plugins: Vec<crate::config::PluginConfig>,
+    ) {
+        let baseline = self
+            .pipeline
+            .load()
+            .plugins()
+            .iter()
+            .any(|p| p.tier != Tier::Optimized);
+        if !baseline {
+            return;
+        }
+        let this = Arc::clone(self);
+        self.background.spawn(async move {
+            let started = Instant::now();
+            let loaded = match this.engine.load_all_optimized(&plugins).await {
+                Ok(loaded) => loaded,
+                Err((plugin, e)) => {
+                    tracing::warn!(generation, plugin = %plugin, error = %e, "optimizing compilation failed; the plugins keep their baseline code");
+                    return;
+                }
+            };
+            let _guard = this.one_at_a_time.lock().await;
+            if this.generation() != generation {
+                return;
+            }
+            let pipeline = Pipeline::new(
+                loaded.into_iter().map(|l| l.plugin).collect(),
+                Arc::clone(&this.completions),
+                this.background.clone(),
+            )
+            .with_generation(generation);
+            this.pipeline.store(Arc::new(pipeline));
+            tracing::info!(
+                generation,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "plugins now run optimized code"
+            );
+        });
+    }
+
     /// The `GET /status` document.
     pub fn status(&self, backends: serde_json::Value) -> serde_json::Value {
         let pipeline = self.pipeline.load();
@@ -256,6 +306,7 @@ impl Reloader {
                 "sha256": p.content_hash,
                 "loaded_at": secs(p.loaded_at),
                 "isolation": format!("{:?}", p.isolation).to_lowercase(),
+                "compiler": p.tier.compiler(),
                 "on_error": format!("{:?}", p.on_error).to_lowercase(),
             })).collect::<Vec<_>>(),
             "backends": backends,

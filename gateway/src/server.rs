@@ -151,6 +151,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         background.handle().clone(),
         &metrics,
     );
+    reloader.optimize_later(1, config.plugins.clone());
     if let Err(e) = reloader.watch() {
         tracing::error!(error = %e, "configuration changes will not be picked up automatically; use SIGHUP or POST /admin/reload");
     }

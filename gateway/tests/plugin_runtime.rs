@@ -503,3 +503,38 @@ async fn pipelines_swap_atomically_and_runs_keep_their_own() {
     fresh.on_request().await.unwrap();
     assert!(header(&fresh, "x-probe-seen").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_plugins_start_on_baseline_code_and_are_optimized_on_request() {
+    use gateway::plugin::engine::Tier;
+    let h = host(PluginRuntimeConfig::default());
+    let configs = [config("probe", ""), config("noop", "")];
+    let fast = h.engine.load_all(&configs).await.unwrap();
+    assert!(fast
+        .iter()
+        .all(|l| l.plugin.tier == Tier::Baseline && !l.was_cached));
+    // Baseline code serves like any other.
+    let run_on = |plugins: Vec<_>| {
+        Arc::new(Pipeline::new(
+            plugins,
+            Arc::clone(&h.completions),
+            tokio::runtime::Handle::current(),
+        ))
+    };
+    let pipeline = run_on(fast.into_iter().map(|l| l.plugin).collect());
+    let mut run = pipeline.start(view(&[]));
+    run.on_request().await.unwrap();
+    assert!(header(&run, "x-probe-seen").is_some());
+
+    let optimized = h.engine.load_all_optimized(&configs).await.unwrap();
+    assert!(optimized
+        .iter()
+        .all(|l| l.plugin.tier == Tier::Optimized && l.was_cached));
+    // Once optimized code exists, every later load uses it, compiling nothing.
+    let again = h.engine.load_all(&configs).await.unwrap();
+    assert!(again.iter().all(|l| l.plugin.tier == Tier::Optimized));
+    let pipeline = run_on(again.into_iter().map(|l| l.plugin).collect());
+    let mut run = pipeline.start(view(&[]));
+    run.on_request().await.unwrap();
+    assert!(header(&run, "x-probe-seen").is_some());
+}

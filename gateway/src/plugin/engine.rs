@@ -33,12 +33,38 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Largest plugin memory the pooling allocator reserves room for.
 const MAX_PLUGIN_MEMORY: usize = 256 * 1024 * 1024;
 
-/// The shared engine every plugin runs on.
-pub struct PluginEngine {
+/// Which compiler made a plugin's machine code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Winch, a baseline compiler: compiles about eight times faster, runs a little slower.
+    /// New plugins start on it so that a reload is quick.
+    Baseline,
+    /// Cranelift, the optimizing compiler; replaces the baseline code in the background.
+    Optimized,
+}
+
+impl Tier {
+    /// The compiler's name, for `/status` and logs.
+    pub fn compiler(self) -> &'static str {
+        match self {
+            Tier::Baseline => "winch",
+            Tier::Optimized => "cranelift",
+        }
+    }
+}
+
+/// One wasmtime engine (compiler settings, instance pool) with its linker and compiled cache.
+struct TierEngine {
     engine: Engine,
+    linker: Linker<HostState>,
     /// Compiled components by the SHA-256 of their file, so reloads skip unchanged plugins.
     components: std::sync::Mutex<std::collections::HashMap<String, Component>>,
-    linker: Linker<HostState>,
+}
+
+/// The shared engines every plugin runs on: a baseline one and an optimizing one.
+pub struct PluginEngine {
+    baseline: TierEngine,
+    optimized: TierEngine,
     services: Arc<HostServices>,
     runtime: PluginRuntimeConfig,
     ticker: Arc<Ticker>,
@@ -68,13 +94,17 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn run(&self, engine: wasmtime::EngineWeak) {
+    fn run(&self, engines: Vec<wasmtime::EngineWeak>) {
         let mut idle = 0;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(EPOCH_TICK);
-            match engine.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
+            let mut alive = false;
+            for engine in engines.iter().filter_map(wasmtime::EngineWeak::upgrade) {
+                engine.increment_epoch();
+                alive = true;
+            }
+            if !alive {
+                break;
             }
             if self.calls.swap(0, Ordering::SeqCst) > 0 {
                 idle = 0;
@@ -104,11 +134,10 @@ impl Ticker {
     }
 }
 
-impl PluginEngine {
-    /// An engine sized by `runtime`, whose plugins reach `services`.
-    pub fn new(
+impl TierEngine {
+    fn new(
         runtime: &PluginRuntimeConfig,
-        services: Arc<HostServices>,
+        strategy: wasmtime::Strategy,
     ) -> Result<Self, PluginError> {
         let instances = runtime.max_instances;
         let mut pool = PoolingAllocationConfig::default();
@@ -127,28 +156,50 @@ impl PluginEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .memory_init_cow(true)
+            .strategy(strategy)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-
         let mut linker = Linker::<HostState>::new(&engine);
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            components: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn cached(&self, hash: &str) -> Option<Component> {
+        self.components
+            .lock()
+            .ok()
+            .and_then(|c| c.get(hash).cloned())
+    }
+}
+
+impl PluginEngine {
+    /// An engine sized by `runtime`, whose plugins reach `services`.
+    pub fn new(
+        runtime: &PluginRuntimeConfig,
+        services: Arc<HostServices>,
+    ) -> Result<Self, PluginError> {
+        let baseline = TierEngine::new(runtime, wasmtime::Strategy::Winch)?;
+        let optimized = TierEngine::new(runtime, wasmtime::Strategy::Cranelift)?;
 
         let ticker = Arc::new(Ticker::default());
-        let ticker_engine = engine.weak();
+        let engines = vec![baseline.engine.weak(), optimized.engine.weak()];
         let state = Arc::clone(&ticker);
         let thread = std::thread::Builder::new()
             .name("gw-plugin-epoch".into())
-            .spawn(move || state.run(ticker_engine))
+            .spawn(move || state.run(engines))
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         let _ = ticker.thread.set(thread.thread().clone());
 
         Ok(Self {
-            engine,
-            components: std::sync::Mutex::new(std::collections::HashMap::new()),
-            linker,
+            baseline,
+            optimized,
             services,
             runtime: runtime.clone(),
             ticker,
@@ -160,9 +211,11 @@ impl PluginEngine {
         self.ticker.call_started();
     }
 
-    /// The wasmtime engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    fn tier(&self, tier: Tier) -> &TierEngine {
+        match tier {
+            Tier::Baseline => &self.baseline,
+            Tier::Optimized => &self.optimized,
+        }
     }
 
     /// The runtime settings (breaker thresholds).
@@ -170,63 +223,34 @@ impl PluginEngine {
         &self.runtime
     }
 
-    /// Compiles component or core-module bytes (off the reactor: call from a blocking thread).
-    pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+    /// Compiles component or core-module bytes with a tier's compiler (off the reactor: call
+    /// from a blocking thread).
+    pub fn compile(&self, bytes: &[u8], tier: Tier) -> Result<Component, PluginError> {
         let component_bytes = componentize(bytes)?;
         let bytes = &component_bytes[..];
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
-        self.check_contract(&component)?;
+        let engine = &self.tier(tier).engine;
+        let component =
+            Component::new(engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        check_contract(engine, &component)?;
         Ok(component)
     }
 
-    /// Refuses components that do not speak a 1.x contract, with a message naming what they speak.
-    fn check_contract(&self, component: &Component) -> Result<(), PluginError> {
-        let ty = component.component_type();
-        let handler = format!("{CONTRACT_PACKAGE}/handler@");
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        let Some(version) = exports.iter().find_map(|n| n.strip_prefix(&handler)) else {
-            return Err(PluginError::WrongWorld(format!(
-                "it does not export {CONTRACT_PACKAGE}/handler (it exports: {})",
-                if exports.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    exports.join(", ")
-                }
-            )));
-        };
-        check_major(version)?;
-        for (name, _) in ty.imports(&self.engine) {
-            if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
-                if let Some((_, version)) = rest.split_once('@') {
-                    check_major(version)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Links a compiled component against the host services.
-    pub fn link(&self, component: &Component) -> Result<PluginPre<HostState>, PluginError> {
+    /// Links a compiled component against the host services of its tier's engine.
+    fn link(&self, component: &Component, tier: Tier) -> Result<PluginPre<HostState>, PluginError> {
         let pre = self
+            .tier(tier)
             .linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
         PluginPre::new(pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))
     }
 
-    /// Whether the file at `path` is already compiled (reads and hashes it).
+    /// Whether the file at `path` was compiled before, by either compiler (reads and hashes it).
     pub async fn is_cached(&self, path: &std::path::Path) -> bool {
         match tokio::fs::read(path).await {
             Ok(bytes) => {
                 let hash = content_hash(&bytes);
-                self.components
-                    .lock()
-                    .map(|c| c.contains_key(&hash))
-                    .unwrap_or(false)
+                self.optimized.cached(&hash).is_some() || self.baseline.cached(&hash).is_some()
             }
             Err(_) => false,
         }
@@ -234,16 +258,36 @@ impl PluginEngine {
 
     /// Drops cached components no loaded plugin uses any more.
     pub fn retain_cached(&self, keep: &std::collections::HashSet<String>) {
-        if let Ok(mut cache) = self.components.lock() {
-            cache.retain(|hash, _| keep.contains(hash));
+        for tier in [&self.baseline, &self.optimized] {
+            if let Ok(mut cache) = tier.components.lock() {
+                cache.retain(|hash, _| keep.contains(hash));
+            }
         }
     }
 
     /// Loads every configured plugin at once (new ones compile in parallel on the blocking
-    /// pool), in configuration order; the first failure names its plugin.
+    /// pool, with the baseline compiler), in configuration order; the first failure names
+    /// its plugin. Plugins compiled by the optimizing compiler before are loaded from it.
     pub async fn load_all(
         self: &Arc<Self>,
         configs: &[PluginConfig],
+    ) -> Result<Vec<LoadedWithCache>, (String, PluginError)> {
+        self.load_all_tier(configs, Tier::Baseline).await
+    }
+
+    /// Like [`PluginEngine::load_all`], but every plugin with optimized code (compiling what
+    /// is missing with Cranelift): what replaces a fresh generation's baseline code.
+    pub async fn load_all_optimized(
+        self: &Arc<Self>,
+        configs: &[PluginConfig],
+    ) -> Result<Vec<LoadedWithCache>, (String, PluginError)> {
+        self.load_all_tier(configs, Tier::Optimized).await
+    }
+
+    async fn load_all_tier(
+        self: &Arc<Self>,
+        configs: &[PluginConfig],
+        want: Tier,
     ) -> Result<Vec<LoadedWithCache>, (String, PluginError)> {
         let tasks: Vec<_> = configs
             .iter()
@@ -252,7 +296,7 @@ impl PluginEngine {
                 let engine = Arc::clone(self);
                 tokio::spawn(async move {
                     let was_cached = engine.is_cached(std::path::Path::new(&config.path)).await;
-                    match engine.load(&config).await {
+                    match engine.load_tier(&config, want).await {
                         Ok(plugin) => Ok(LoadedWithCache { plugin, was_cached }),
                         Err(e) => Err((config.name, e)),
                     }
@@ -272,15 +316,32 @@ impl PluginEngine {
         Ok(loaded)
     }
 
-    /// Loads, links and smoke-tests one configured plugin.
+    /// Loads, links and smoke-tests one configured plugin (baseline code unless optimized
+    /// code is cached).
     pub async fn load(
         self: &Arc<Self>,
         config: &PluginConfig,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.load_tier(config, Tier::Baseline).await
+    }
+
+    /// Loads one plugin with optimized code, compiling it with Cranelift if needed.
+    pub async fn load_optimized(
+        self: &Arc<Self>,
+        config: &PluginConfig,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.load_tier(config, Tier::Optimized).await
+    }
+
+    async fn load_tier(
+        self: &Arc<Self>,
+        config: &PluginConfig,
+        want: Tier,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let bytes = tokio::fs::read(&config.path)
             .await
             .map_err(|e| PluginError::Io(format!("{}: {e}", config.path)))?;
-        self.load_bytes(config, bytes).await
+        self.load_bytes_tier(config, bytes, want).await
     }
 
     /// Like [`PluginEngine::load`], from bytes already read.
@@ -289,38 +350,78 @@ impl PluginEngine {
         config: &PluginConfig,
         bytes: Vec<u8>,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.load_bytes_tier(config, bytes, Tier::Baseline).await
+    }
+
+    async fn load_bytes_tier(
+        self: &Arc<Self>,
+        config: &PluginConfig,
+        bytes: Vec<u8>,
+        want: Tier,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let hash = content_hash(&bytes);
-        let cached = self
-            .components
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&hash).cloned());
-        let component = match cached {
-            Some(component) => component,
+        // Optimized code is used whenever it exists; baseline code only when asked for and
+        // nothing better is at hand.
+        let cached = match self.optimized.cached(&hash) {
+            Some(c) => Some((c, Tier::Optimized)),
+            None if want == Tier::Baseline => {
+                self.baseline.cached(&hash).map(|c| (c, Tier::Baseline))
+            }
+            None => None,
+        };
+        let (component, tier) = match cached {
+            Some(found) => found,
             None => {
                 let this = Arc::clone(self);
-                let component = tokio::task::spawn_blocking(move || this.compile(&bytes))
+                let component = tokio::task::spawn_blocking(move || this.compile(&bytes, want))
                     .await
                     .map_err(|e| PluginError::Engine(format!("compilation task failed: {e}")))??;
-                if let Ok(mut cache) = self.components.lock() {
+                if let Ok(mut cache) = self.tier(want).components.lock() {
                     cache.insert(hash.clone(), component.clone());
                 }
-                component
+                (component, want)
             }
         };
-        let pre = self.link(&component)?;
+        let pre = self.link(&component, tier)?;
         let plugin = Arc::new(LoadedPlugin::new(
             Arc::clone(self),
             Arc::clone(&self.services),
             config,
             pre,
             hash,
+            tier,
         )?);
         // Instantiate once and run `init`: a plugin that cannot start fails its load, not a request.
         let instance = plugin.instantiate().await?;
         plugin.keep_warm(instance);
         Ok(plugin)
     }
+}
+
+/// Refuses components that do not speak a 1.x contract, with a message naming what they speak.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    let handler = format!("{CONTRACT_PACKAGE}/handler@");
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let Some(version) = exports.iter().find_map(|n| n.strip_prefix(&handler)) else {
+        return Err(PluginError::WrongWorld(format!(
+            "it does not export {CONTRACT_PACKAGE}/handler (it exports: {})",
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
+        )));
+    };
+    check_major(version)?;
+    for (name, _) in ty.imports(engine) {
+        if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
+            if let Some((_, version)) = rest.split_once('@') {
+                check_major(version)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns a core module carrying a component type (what `wit-bindgen` guests build to) into a

@@ -48,6 +48,8 @@ pub struct LoadedPlugin {
     pub isolation: Isolation,
     /// When it was loaded.
     pub loaded_at: std::time::SystemTime,
+    /// Which compiler made its code.
+    pub tier: super::engine::Tier,
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     pre: PluginPre<HostState>,
@@ -86,6 +88,7 @@ impl LoadedPlugin {
         config: &PluginConfig,
         pre: PluginPre<HostState>,
         content_hash: String,
+        tier: super::engine::Tier,
     ) -> Result<Self, PluginError> {
         let config_json = serde_json::to_string(&config.config).map_err(|e| {
             PluginError::Init(format!(
@@ -108,6 +111,7 @@ impl LoadedPlugin {
             on_error: config.on_error,
             isolation: config.isolation,
             loaded_at: std::time::SystemTime::now(),
+            tier,
             engine,
             services,
             pre,
@@ -135,7 +139,7 @@ impl LoadedPlugin {
             return_limit: self.return_limit,
         };
         let mut store = Store::new(
-            self.engine.engine(),
+            self.pre.instance_pre().engine(),
             HostState::new(identity, Arc::clone(&self.services), limits),
         );
         store.limiter(|s| &mut s.limits);
