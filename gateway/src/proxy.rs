@@ -750,9 +750,11 @@ impl Gateway {
             .await;
             let answered = match sent {
                 Ok(()) => {
-                    match tokio::time::timeout(first_byte, upstream.read_response_header()).await {
-                        Ok(r) => r,
-                        Err(_) => {
+                    // Pingora's own read timeout (a lazily registered timer) rather than a
+                    // tokio timeout around the read.
+                    upstream.set_read_timeout(Some(first_byte));
+                    match upstream.read_response_header().await {
+                        Err(e) if e.etype() == &ErrorType::ReadTimedout => {
                             return Err(SendFailure {
                                 kind: "timeout",
                                 error: GatewayError::Unavailable(format!(
@@ -761,6 +763,7 @@ impl Gateway {
                                 )),
                             })
                         }
+                        r => r,
                     }
                 }
                 Err(e) => Err(e),
