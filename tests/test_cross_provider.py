@@ -240,6 +240,19 @@ def test_claude_code_bedrock_mode_served_by_vertex(b2v, mock_vertex, tmp_path):
     entries = wait_request_logs(b2v, lambda e: e.get("session_id") == session and e.get("status") == "200"
                                 and e.get("backend") == "mock-vertex")
     assert entries and usage_of(entries[-1]) == VERTEX_USAGE, b2v.log()[-3000:]
+    # Its start-up listing of inference profiles was answered from the catalog (no Bedrock
+    # backend to ask), not refused.
+    listed = wait_request_logs(b2v, lambda e: e.get("operation") == "control-plane")
+    assert listed and all(e.get("status") == "200" for e in listed), b2v.log()[-3000:]
+
+
+def test_inference_profiles_come_from_the_catalog_without_a_bedrock_backend(b2v):
+    c = boto_client("bedrock", b2v.base)
+    profiles = c.list_inference_profiles(typeEquals="SYSTEM_DEFINED")["inferenceProfileSummaries"]
+    ids = {p["inferenceProfileId"] for p in profiles}
+    assert SONNET in ids, ids
+    assert all(p["status"] == "ACTIVE" and p["models"] for p in profiles)
+    assert c.list_inference_profiles(typeEquals="APPLICATION")["inferenceProfileSummaries"] == []
 
 
 @pytest.mark.parametrize("model_id", [SONNET, "global.anthropic.claude-sonnet-4-5-20250929-v1:0",

@@ -278,7 +278,20 @@ impl Gateway {
         }
 
         // 4. Which backends, in which order; then each in turn until one answers.
-        let plan = router.plan(&self.upstreams, &info)?;
+        let plan = match router.plan(&self.upstreams, &info) {
+            Ok(plan) => plan,
+            // Bedrock clients list inference profiles at start-up (Claude Code does); when no
+            // Bedrock backend is there to ask, the catalog answers for the models routed elsewhere.
+            Err(_)
+                if info.operation == Operation::ControlPlane
+                    && info.upstream_path.starts_with("/inference-profiles") =>
+            {
+                return self
+                    .answer_inference_profiles(session, ctx, &router, &info)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let first_byte = self.upstreams.timeouts().first_byte.0;
         for (i, candidate) in plan.iter().enumerate() {
             let last = i + 1 == plan.len();
@@ -408,6 +421,71 @@ impl Gateway {
             .inc();
     }
 
+    /// Answers Bedrock's `GET /inference-profiles` from the model catalog: the system-defined
+    /// profiles of the models some backend serves to Bedrock clients.
+    async fn answer_inference_profiles(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        router: &Router,
+        info: &RequestInfo,
+    ) -> Result<(), Stop> {
+        let query = info.upstream_path.split_once('?').map_or("", |(_, q)| q);
+        let application_only = query.split('&').any(|kv| kv == "type=APPLICATION");
+        let profiles: Vec<serde_json::Value> = if application_only {
+            Vec::new()
+        } else {
+            router
+                .servable_models(&self.upstreams, FrontDoor::Bedrock)
+                .into_iter()
+                .filter_map(|e| {
+                    let id = e.bedrock.as_deref()?;
+                    let (_, base) = id
+                        .split_once('.')
+                        .filter(|(_, base)| base.starts_with("anthropic."))?;
+                    Some(serde_json::json!({
+                        "inferenceProfileId": id,
+                        "inferenceProfileName": e.display_name,
+                        "inferenceProfileArn": format!("arn:aws:bedrock:us-east-1::inference-profile/{id}"),
+                        "models": [{ "modelArn": format!("arn:aws:bedrock:us-east-1::foundation-model/{base}") }],
+                        "status": "ACTIVE",
+                        "type": "SYSTEM_DEFINED",
+                    }))
+                })
+                .collect()
+        };
+        let body = serde_json::json!({ "inferenceProfileSummaries": profiles });
+        self.answer_json(session, ctx, body).await
+    }
+
+    /// Writes a 200 JSON answer the gateway made itself.
+    async fn answer_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: serde_json::Value,
+    ) -> Result<(), Stop> {
+        let body = Bytes::from(body.to_string());
+        let mut head = ResponseHeader::build(200, Some(3))
+            .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
+        let _ = head.insert_header("content-type", "application/json");
+        let _ = head.insert_header("content-length", body.len().to_string());
+        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        ctx.status = 200;
+        ctx.response_started = true;
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
+        ctx.response_bytes = body.len();
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
+        ctx.outcome = Outcome::Ok;
+        Ok(())
+    }
+
     /// Answers `GET /v1/models` (and `/v1/models/{id}`) from the model catalog: the models
     /// some backend can serve to this front door.
     async fn answer_models(
@@ -444,25 +522,7 @@ impl Gateway {
                 "last_id": models.last().map(|e| e.name.as_str()),
             }),
         };
-        let body = Bytes::from(body.to_string());
-        let mut head = ResponseHeader::build(200, Some(3))
-            .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
-        let _ = head.insert_header("content-type", "application/json");
-        let _ = head.insert_header("content-length", body.len().to_string());
-        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
-        ctx.status = 200;
-        ctx.response_started = true;
-        session
-            .write_response_header(Box::new(head), false)
-            .await
-            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
-        ctx.response_bytes = body.len();
-        session
-            .write_response_body(Some(body), true)
-            .await
-            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
-        ctx.outcome = Outcome::Ok;
-        Ok(())
+        self.answer_json(session, ctx, body).await
     }
 
     /// Reads the request body up to `max_request_body`.

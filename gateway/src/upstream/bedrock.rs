@@ -23,12 +23,21 @@ use crate::wire::error::GatewayError;
 const SIGNING_SERVICE: &str = "bedrock";
 
 /// How a Bedrock backend authenticates.
-#[derive(Debug)]
 pub enum BedrockAuth {
     /// SigV4 with credentials from the AWS chain.
     SigV4(Arc<AwsCredentials>),
     /// A Bedrock API key.
     Bearer(String),
+}
+
+impl std::fmt::Debug for BedrockAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BedrockAuth::SigV4(_) => f.write_str("SigV4"),
+            // The key itself never reaches a log line.
+            BedrockAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
 }
 
 /// One Bedrock backend (a region of an account).
