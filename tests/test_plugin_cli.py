@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from support import plugin_path
 
@@ -44,3 +45,12 @@ def test_check_loads_plugins_and_names_the_one_that_fails(gateway_bin, tmp_path)
                    f'[[plugins]]\nname = "v2"\npath = "{plugin_path("v2")}"\n')
     out = subprocess.run([str(gateway_bin), "check", "--config", str(bad)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "plugins[1] (v2)" in out.stderr and "2.0.0" in out.stderr, out.stderr
+
+
+def test_the_example_configuration_that_make_run_serves_checks_clean(gateway_bin):
+    """`make run` serves examples/gateway.toml after `gateway check`: it must stay valid,
+    stock plugins included."""
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([str(gateway_bin), "check", "--config", str(root / "examples" / "gateway.toml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
