@@ -594,6 +594,8 @@ mod tests {
             req.set_header("x-gate", "passed").unwrap();
             req.set_metadata("seen_at", &clock::now_ms().to_string())
                 .unwrap();
+            // The host's own keys cannot be written.
+            assert!(req.set_metadata("gateway.attempts", "forged").is_err());
             metrics::counter_add("passed", &[("team", "t")], 1).unwrap();
             log::info(&format!("passed {sub}"));
             Decision::Continue

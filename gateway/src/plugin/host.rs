@@ -337,6 +337,11 @@ impl request::Host for HostState {
         if view.phase != Phase::Request {
             return Ok(Err("metadata can only be set in on-request".into()));
         }
+        if key.starts_with(HOST_METADATA_PREFIX) {
+            return Ok(Err(format!(
+                "metadata keys starting `{HOST_METADATA_PREFIX}` are set by the gateway"
+            )));
+        }
         if view.metadata.len() >= 64 && !view.metadata.contains_key(&key) {
             return Ok(Err("a request carries at most 64 metadata entries".into()));
         }
@@ -489,6 +494,9 @@ impl jwt::Host for HostState {
         Ok(r)
     }
 }
+
+/// Metadata keys the host sets (such as `gateway.attempts`); plugins may read, not write them.
+pub const HOST_METADATA_PREFIX: &str = "gateway.";
 
 impl audit::Host for HostState {
     fn emit(&mut self, record: String) -> wasmtime::Result<Result<(), String>> {

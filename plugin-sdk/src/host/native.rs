@@ -330,6 +330,10 @@ pub(crate) fn set_metadata(key: &str, value: &str) -> Result<(), String> {
         if phase != Phase::Request {
             return Err("metadata can only be set in on-request".into());
         }
+        // As the gateway: `gateway.` keys are the host's (CONTRACT.md).
+        if key.starts_with("gateway.") {
+            return Err("metadata keys starting `gateway.` are set by the gateway".into());
+        }
         r.metadata.insert(key.to_string(), value.to_string());
         Ok(())
     })
