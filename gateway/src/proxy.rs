@@ -14,8 +14,9 @@
 //!
 //! Invariants kept here:
 //! - client credentials never go upstream (see [`crate::upstream::forwards_request_header`]);
-//! - the answer is never buffered: each upstream chunk is written to the client as the same
-//!   `Bytes` handle (or, across providers, as the events it completes), and the usage
+//! - the answer is never buffered: each upstream chunk is written to the client as soon as it
+//!   is read, as the same `Bytes` handle (chunks that arrived together are joined into one
+//!   write; across providers, the events a chunk completes are written), and the usage
 //!   observer only looks at it;
 //! - a client that goes away mid-stream makes the gateway drop the upstream connection at
 //!   once, instead of paying for tokens nobody reads;
@@ -699,31 +700,45 @@ impl Gateway {
         // The body: each chunk goes to the client as it arrives, untouched unless translated.
         let translating = !matches!(translation, ResponseTranslation::None);
         let mut translated = Vec::new();
+        let mut arrived: Vec<Bytes> = Vec::new();
         let result = loop {
             tokio::select! {
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
-                        observer.observe(&chunk);
-                        if !translating {
-                            ctx.response_bytes += chunk.len();
-                            if let Err(e) = session.write_response_body(Some(chunk), false).await {
-                                break Err(Stop::Abort(Outcome::ClientAborted, format!("writing to client: {e}")));
+                        // Chunks that arrived together leave together: what the upstream sent
+                        // in one burst costs one write to the client, not one per chunk. A
+                        // chunk that arrived alone is passed on as the same `Bytes` handle.
+                        arrived.push(chunk);
+                        let (ended, failed) = take_ready_chunks(&mut upstream, &mut arrived);
+                        for chunk in &arrived {
+                            observer.observe(chunk);
+                        }
+                        let out = if translating {
+                            let mut bad = None;
+                            for chunk in arrived.drain(..) {
+                                if let Err(e) = translation.chunk(&chunk, &mut translated) {
+                                    bad = Some(e);
+                                    break;
+                                }
                             }
-                            continue;
-                        }
-                        if let Err(e) = translation.chunk(&chunk, &mut translated) {
-                            break Err(Stop::Abort(Outcome::UpstreamFailed, format!("backend {backend} sent a stream that cannot be translated: {e}")));
-                        }
-                        let mut failed = None;
-                        for piece in translated.drain(..) {
-                            ctx.response_bytes += piece.len();
-                            if let Err(e) = session.write_response_body(Some(piece), false).await {
-                                failed = Some(e);
-                                break;
+                            if let Some(e) = bad {
+                                break Err(Stop::Abort(Outcome::UpstreamFailed, format!("backend {backend} sent a stream that cannot be translated: {e}")));
+                            }
+                            join(&mut translated)
+                        } else {
+                            join(&mut arrived)
+                        };
+                        if let Some(out) = out {
+                            ctx.response_bytes += out.len();
+                            if let Err(e) = session.write_response_body(Some(out), false).await {
+                                break Err(Stop::Abort(Outcome::ClientAborted, format!("writing to client: {e}")));
                             }
                         }
                         if let Some(e) = failed {
-                            break Err(Stop::Abort(Outcome::ClientAborted, format!("writing to client: {e}")));
+                            break Err(Stop::Abort(Outcome::UpstreamFailed, format!("backend {backend} failed mid-answer: {e}")));
+                        }
+                        if ended {
+                            break Ok(());
                         }
                     }
                     Ok(None) => break Ok(()),
@@ -1076,6 +1091,59 @@ impl ProxyHttp for Gateway {
                     .insert("gateway.attempts".into(), ctx.attempts.join(" "));
             }
             run.into_inner().complete(completion(ctx, latency));
+        }
+    }
+}
+
+/// Most bytes of already-arrived chunks joined into one write.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Appends to `arrived` the body chunks the upstream has already delivered (those a read
+/// returns without waiting), up to [`COALESCE_LIMIT`] bytes. Returns whether the body ended
+/// and the error that cut it, if one did.
+fn take_ready_chunks(
+    upstream: &mut UpstreamSession,
+    arrived: &mut Vec<Bytes>,
+) -> (bool, Option<Box<Error>>) {
+    let mut total: usize = arrived.iter().map(Bytes::len).sum();
+    while total < COALESCE_LIMIT {
+        // Reading the body is cancel-safe (the loop above relies on it in `select!`): a read
+        // that is not ready is dropped without losing anything.
+        let read = std::pin::pin!(upstream.read_response_body());
+        match poll_now(read) {
+            Some(Ok(Some(chunk))) => {
+                total += chunk.len();
+                arrived.push(chunk);
+            }
+            Some(Ok(None)) => return (true, None),
+            Some(Err(e)) => return (false, Some(e)),
+            None => break,
+        }
+    }
+    (false, None)
+}
+
+/// Polls a future once; its output if it was ready.
+fn poll_now<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// One write out of `pieces` (emptied): the piece itself when there is one, else a copy of
+/// them all.
+fn join(pieces: &mut Vec<Bytes>) -> Option<Bytes> {
+    match pieces.len() {
+        0 => None,
+        1 => pieces.pop(),
+        _ => {
+            let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+            for p in pieces.drain(..) {
+                out.extend_from_slice(&p);
+            }
+            Some(out.freeze())
         }
     }
 }
