@@ -467,7 +467,8 @@ def test_weighted_strategy_spreads_requests_by_weight(start_gateway, mock_bedroc
         assert to_bedrock > to_vertex >= 1, (to_bedrock, to_vertex)
     assert all(r.sig_ok for r in bedrock_model_calls(mock_bedrock))
     assert all(r.auth_ok and r.status == 200 for r in mock_vertex.api_requests)
-    entries = request_log_entries(gw.log())
+    # A request's log line is written just after its answer: wait for all of them.
+    entries = wait_request_logs(gw, lambda e: e.get("operation") == "invoke", count=n)
     assert sum(e.get("backend") == "mock-vertex" for e in entries) == to_vertex
 
 
