@@ -106,9 +106,18 @@ def audit_records(gw, expect_at_least: int = 1, timeout: float = 10.0) -> list[d
 
 
 def check_one_record_per_request(gw, records):
-    ids = [r["request_id"] for r in records]
+    # A request's log line is written just after its answer and its record just after that
+    # (off the client's path): a line may land after `records` was read, so read both again
+    # until they settle.
+    deadline = time.time() + 10
+    while True:
+        ids = [r["request_id"] for r in records]
+        logged = set(re.findall(r'request_id=([0-9a-f-]{36})', gw.log()))
+        if logged == set(ids) or time.time() > deadline:
+            break
+        time.sleep(0.1)
+        records = audit_records(gw, expect_at_least=len(records), timeout=1.0)
     assert len(ids) == len(set(ids)), f"duplicate audit records: {ids}"
-    logged = set(re.findall(r'request_id=([0-9a-f-]{36})', gw.log()))
     assert logged == set(ids), f"requests without a record: {logged - set(ids)}; records without a request: {set(ids) - logged}"
     for r in records:
         if r["status"] == 200 and r["outcome"] == "ok" and r["operation"] in ("invoke", "stream"):
