@@ -101,6 +101,14 @@ fn view(body: &Bytes) -> Box<RequestView> {
     ))
 }
 
+/// One request's whole pipeline work: every phase of every plugin.
+async fn one_request(p: &Arc<Pipeline>, body: &Bytes, upstream_headers: &http::HeaderMap) {
+    let mut run = p.start(view(body));
+    run.on_request().await.unwrap();
+    run.on_response(200, upstream_headers).await;
+    run.finish(completion()).await;
+}
+
 fn completion() -> Completion {
     Completion {
         status: 200,
@@ -169,14 +177,7 @@ fn bench(c: &mut Criterion) {
         ] {
             let p = pipeline(&names, isolation);
             group.bench_function(BenchmarkId::new(isolation, label), |b| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let mut run = p.start(view(&small));
-                        run.on_request().await.unwrap();
-                        run.on_response(200, &upstream_headers).await;
-                        run.finish(completion()).await;
-                    })
-                })
+                b.iter(|| rt.block_on(one_request(&p, &small, &upstream_headers)))
             });
         }
     }
@@ -202,14 +203,7 @@ fn bench(c: &mut Criterion) {
     };
     for (label, p) in [("0 plugins", &empty), ("4 stock plugins", &stock)] {
         group.bench_function(label, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let mut run = p.start(view(&small));
-                    run.on_request().await.unwrap();
-                    run.on_response(200, &upstream_headers).await;
-                    run.finish(completion()).await;
-                })
-            })
+            b.iter(|| rt.block_on(one_request(p, &small, &upstream_headers)))
         });
     }
     // The same pipeline on baseline (Winch) code: how requests run in the moments between a
@@ -227,14 +221,7 @@ fn bench(c: &mut Criterion) {
         ))
     };
     group.bench_function("4 stock plugins, baseline code", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut run = stock_baseline.start(view(&small));
-                run.on_request().await.unwrap();
-                run.on_response(200, &upstream_headers).await;
-                run.finish(completion()).await;
-            })
-        })
+        b.iter(|| rt.block_on(one_request(&stock_baseline, &small, &upstream_headers)))
     });
     // Each stock plugin alone, to see where the pipeline's time goes.
     for config in stock_plugins() {
@@ -244,14 +231,7 @@ fn bench(c: &mut Criterion) {
             rt.handle().clone(),
         ));
         group.bench_function(BenchmarkId::new("alone", &config.name), |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let mut run = alone.start(view(&small));
-                    run.on_request().await.unwrap();
-                    run.on_response(200, &upstream_headers).await;
-                    run.finish(completion()).await;
-                })
-            })
+            b.iter(|| rt.block_on(one_request(&alone, &small, &upstream_headers)))
         });
     }
     group.finish();

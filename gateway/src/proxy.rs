@@ -43,7 +43,7 @@ use crate::upstream::route::Router;
 use crate::upstream::{
     forwards_response_header, Backend, UpstreamRequest, Upstreams, POOL_IDLE_TIMEOUT,
 };
-use crate::wire::error::GatewayError;
+use crate::wire::error::{ErrorResponse, GatewayError};
 use crate::wire::translate::{self, ResponseTranslation, Target};
 use crate::wire::usage::{Observation, ResponseShape, UsageObserver};
 
@@ -466,23 +466,15 @@ impl Gateway {
         ctx: &mut RequestCtx,
         body: serde_json::Value,
     ) -> Result<(), Stop> {
-        let body = Bytes::from(body.to_string());
-        let mut head = ResponseHeader::build(200, Some(3))
-            .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
-        let _ = head.insert_header("content-type", "application/json");
-        let _ = head.insert_header("content-length", body.len().to_string());
-        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
+        let answer = ErrorResponse {
+            status: 200,
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: Bytes::from(body.to_string()),
+        };
+        let head = whole_head(&answer, &ctx.request_id)?;
         ctx.status = 200;
-        ctx.response_started = true;
-        session
-            .write_response_header(Box::new(head), false)
-            .await
-            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
-        ctx.response_bytes = body.len();
-        session
-            .write_response_body(Some(body), true)
-            .await
-            .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("writing response: {e}")))?;
+        write_whole(session, ctx, head, answer.body).await?;
         ctx.outcome = Outcome::Ok;
         Ok(())
     }
@@ -618,34 +610,11 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             let rendered = translation.whole(status, &body, retry_after);
-            let mut head = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))
-                .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
-            let _ = head.insert_header("content-type", rendered.content_type);
-            let _ = head.insert_header("content-length", rendered.body.len().to_string());
-            let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
-            for (name, value) in &rendered.headers {
-                let _ = head.insert_header(*name, value.as_str());
-            }
+            let mut head = whole_head(&rendered, &ctx.request_id)?;
             self.plugin_response_headers(ctx, status, &upstream_headers, &mut head)
                 .await;
             ctx.status = rendered.status;
-            session
-                .write_response_header(Box::new(head), false)
-                .await
-                .map_err(|e| {
-                    Stop::Abort(
-                        Outcome::ClientAborted,
-                        format!("writing response head: {e}"),
-                    )
-                })?;
-            ctx.response_started = true;
-            ctx.response_bytes = rendered.body.len();
-            session
-                .write_response_body(Some(rendered.body), true)
-                .await
-                .map_err(|e| {
-                    Stop::Abort(Outcome::ClientAborted, format!("finishing response: {e}"))
-                })?;
+            write_whole(session, ctx, head, rendered.body).await?;
             ctx.observation = Some(observer.finish(true));
             ctx.outcome = if status < 400 {
                 Outcome::Ok
@@ -884,24 +853,9 @@ impl Gateway {
             Outcome::Rejected
         };
         ctx.error = Some(error.to_string());
-        let Ok(mut head) = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))
-        else {
-            return;
-        };
-        let _ = head.insert_header("content-type", rendered.content_type);
-        let _ = head.insert_header("content-length", rendered.body.len().to_string());
-        let _ = head.insert_header("x-request-id", ctx.request_id.as_str());
-        for (name, value) in &rendered.headers {
-            let _ = head.insert_header(*name, value.as_str());
-        }
-        ctx.response_started = true;
-        if session
-            .write_response_header(Box::new(head), false)
-            .await
-            .is_ok()
-        {
-            ctx.response_bytes = rendered.body.len();
-            let _ = session.write_response_body(Some(rendered.body), true).await;
+        if let Ok(head) = whole_head(&rendered, &ctx.request_id) {
+            // The client may be gone; there is nobody left to tell.
+            let _ = write_whole(session, ctx, head, rendered.body).await;
         }
     }
 }
@@ -1093,6 +1047,44 @@ impl ProxyHttp for Gateway {
             run.into_inner().complete(completion(ctx, latency));
         }
     }
+}
+
+/// The head of an answer the gateway holds whole (its own error, a translated error or token
+/// count, a catalog listing).
+fn whole_head(answer: &ErrorResponse, request_id: &str) -> Result<ResponseHeader, GatewayError> {
+    let mut head = ResponseHeader::build(answer.status, Some(answer.headers.len() + 3))
+        .map_err(|e| GatewayError::Internal(format!("response head: {e}")))?;
+    let _ = head.insert_header("content-type", answer.content_type);
+    let _ = head.insert_header("content-length", answer.body.len().to_string());
+    let _ = head.insert_header("x-request-id", request_id);
+    for (name, value) in &answer.headers {
+        let _ = head.insert_header(*name, value.as_str());
+    }
+    Ok(head)
+}
+
+/// Writes an answer held whole: its head, then its body.
+async fn write_whole(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    head: ResponseHeader,
+    body: Bytes,
+) -> Result<(), Stop> {
+    ctx.response_started = true;
+    session
+        .write_response_header(Box::new(head), false)
+        .await
+        .map_err(|e| {
+            Stop::Abort(
+                Outcome::ClientAborted,
+                format!("writing response head: {e}"),
+            )
+        })?;
+    ctx.response_bytes = body.len();
+    session
+        .write_response_body(Some(body), true)
+        .await
+        .map_err(|e| Stop::Abort(Outcome::ClientAborted, format!("finishing response: {e}")))
 }
 
 /// Most bytes of already-arrived chunks joined into one write.

@@ -679,92 +679,69 @@ impl Config {
                     }
                 }
             }
+            use BackendKind::{Anthropic, Bedrock, Vertex};
             let kind = backend.kind.as_str();
-            let not_for = |key: &str, set: bool, problem: &mut dyn FnMut(String, String)| {
-                if set {
+            // Required keys, checked for their form.
+            if matches!(backend.kind, Bedrock | Vertex) {
+                match &backend.region {
+                    None if backend.kind == Vertex => problem(
+                        at("region"),
+                        "required for a vertex backend (a location such as us-east5, or global)"
+                            .into(),
+                    ),
+                    None => problem(at("region"), format!("required for a {kind} backend")),
+                    Some(r) if !is_region(r) => {
+                        problem(at("region"), format!("`{r}` is not a region name"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if backend.kind == Vertex {
+                match &backend.project {
+                    None => problem(at("project"), "required for a vertex backend".into()),
+                    Some(p) if !is_project(p) => {
+                        problem(at("project"), format!("`{p}` is not a project ID"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if backend.kind == Anthropic && backend.api_key.is_none() {
+                problem(at("api_key"), "required for an anthropic backend".into());
+            }
+            // Values that usually come from the environment: empty means it was not set.
+            for (key, value) in [
+                ("bearer_token", &backend.bearer_token),
+                ("credentials_file", &backend.credentials_file),
+                ("api_key", &backend.api_key),
+            ] {
+                if matches!(value, Some(v) if v.is_empty()) {
+                    problem(
+                        at(key),
+                        "is empty (is its environment variable set?)".into(),
+                    );
+                }
+            }
+            // Keys of other kinds are refused rather than silently ignored.
+            let kinds_using: [(&str, bool, &[BackendKind]); 7] = [
+                ("region", backend.region.is_some(), &[Bedrock, Vertex]),
+                (
+                    "control_endpoint",
+                    backend.control_endpoint.is_some(),
+                    &[Bedrock],
+                ),
+                ("profile", backend.profile.is_some(), &[Bedrock]),
+                ("bearer_token", backend.bearer_token.is_some(), &[Bedrock]),
+                ("project", backend.project.is_some(), &[Vertex]),
+                (
+                    "credentials_file",
+                    backend.credentials_file.is_some(),
+                    &[Vertex],
+                ),
+                ("api_key", backend.api_key.is_some(), &[Anthropic]),
+            ];
+            for (key, set, kinds) in kinds_using {
+                if set && !kinds.contains(&backend.kind) {
                     problem(at(key), format!("not used by a {kind} backend"));
-                }
-            };
-            match backend.kind {
-                BackendKind::Bedrock => {
-                    match &backend.region {
-                        None => problem(at("region"), "required for a bedrock backend".into()),
-                        Some(r) if !is_region(r) => {
-                            problem(at("region"), format!("`{r}` is not a region name"))
-                        }
-                        Some(_) => {}
-                    }
-                    if matches!(&backend.bearer_token, Some(t) if t.is_empty()) {
-                        problem(
-                            at("bearer_token"),
-                            "is empty (is its environment variable set?)".into(),
-                        );
-                    }
-                    not_for("project", backend.project.is_some(), &mut problem);
-                    not_for(
-                        "credentials_file",
-                        backend.credentials_file.is_some(),
-                        &mut problem,
-                    );
-                    not_for("api_key", backend.api_key.is_some(), &mut problem);
-                }
-                BackendKind::Vertex => {
-                    match &backend.region {
-                        None => problem(
-                            at("region"),
-                            "required for a vertex backend (a location such as us-east5, or global)"
-                                .into(),
-                        ),
-                        Some(r) if !is_region(r) => {
-                            problem(at("region"), format!("`{r}` is not a region name"))
-                        }
-                        Some(_) => {}
-                    }
-                    match &backend.project {
-                        None => problem(at("project"), "required for a vertex backend".into()),
-                        Some(p) if !is_project(p) => {
-                            problem(at("project"), format!("`{p}` is not a project ID"))
-                        }
-                        Some(_) => {}
-                    }
-                    if matches!(&backend.credentials_file, Some(f) if f.is_empty()) {
-                        problem(
-                            at("credentials_file"),
-                            "is empty (is its environment variable set?)".into(),
-                        );
-                    }
-                    not_for(
-                        "control_endpoint",
-                        backend.control_endpoint.is_some(),
-                        &mut problem,
-                    );
-                    not_for("profile", backend.profile.is_some(), &mut problem);
-                    not_for("bearer_token", backend.bearer_token.is_some(), &mut problem);
-                    not_for("api_key", backend.api_key.is_some(), &mut problem);
-                }
-                BackendKind::Anthropic => {
-                    match &backend.api_key {
-                        None => problem(at("api_key"), "required for an anthropic backend".into()),
-                        Some(k) if k.is_empty() => problem(
-                            at("api_key"),
-                            "is empty (is its environment variable set?)".into(),
-                        ),
-                        Some(_) => {}
-                    }
-                    not_for("region", backend.region.is_some(), &mut problem);
-                    not_for(
-                        "control_endpoint",
-                        backend.control_endpoint.is_some(),
-                        &mut problem,
-                    );
-                    not_for("profile", backend.profile.is_some(), &mut problem);
-                    not_for("bearer_token", backend.bearer_token.is_some(), &mut problem);
-                    not_for("project", backend.project.is_some(), &mut problem);
-                    not_for(
-                        "credentials_file",
-                        backend.credentials_file.is_some(),
-                        &mut problem,
-                    );
                 }
             }
             if let Some(betas) = &backend.accepted_betas {

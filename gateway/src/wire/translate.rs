@@ -344,10 +344,7 @@ fn cross_protocol(
                 Operation::CountTokens => "count-tokens",
                 _ => "invoke",
             };
-            out.path = format!(
-                "/model/{}/{op}",
-                percent_encoding::utf8_percent_encode(target.model, BEDROCK_SEGMENT)
-            );
+            out.path = crate::frontdoor::bedrock::model_path(target.model, op);
             out.body = if counting {
                 // A count needs a valid invoke body, and invoke requires `max_tokens`.
                 object.entry("max_tokens").or_insert(Value::from(1));
@@ -386,27 +383,18 @@ fn cross_protocol(
     Ok(out)
 }
 
-/// Characters the AWS SDKs leave unencoded in a path segment.
-const BEDROCK_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Characters left as they are in a Vertex model segment (`@` included, as Google's SDKs send it).
-const VERTEX_SEGMENT: &percent_encoding::AsciiSet = &BEDROCK_SEGMENT.remove(b'@');
+/// Characters left as they are in a Vertex model segment: the AWS set plus `@`, which Google's
+/// SDKs send raw.
+const VERTEX_SEGMENT: &percent_encoding::AsciiSet =
+    &crate::frontdoor::bedrock::SEGMENT.remove(b'@');
 
 fn vertex_path(target: &Target<'_>, operation: Operation) -> String {
+    let encoded =
+        || percent_encoding::utf8_percent_encode(target.model, VERTEX_SEGMENT).to_string();
     let (model, verb) = match operation {
         Operation::CountTokens => ("count-tokens".to_string(), "rawPredict"),
-        Operation::InvokeStream => (
-            percent_encoding::utf8_percent_encode(target.model, VERTEX_SEGMENT).to_string(),
-            "streamRawPredict",
-        ),
-        _ => (
-            percent_encoding::utf8_percent_encode(target.model, VERTEX_SEGMENT).to_string(),
-            "rawPredict",
-        ),
+        Operation::InvokeStream => (encoded(), "streamRawPredict"),
+        _ => (encoded(), "rawPredict"),
     };
     format!(
         "/v1/projects/{}/locations/{}/publishers/anthropic/models/{model}:{verb}",
@@ -772,6 +760,25 @@ mod tests {
         serde_json::from_slice(b).unwrap()
     }
 
+    fn target<'a>(kind: BackendKind, model: &'a str, betas: &'a AcceptedBetas) -> Target<'a> {
+        Target {
+            kind,
+            model,
+            project: "proj",
+            region: "us-east5",
+            betas,
+        }
+    }
+
+    fn translation(
+        front_door: FrontDoor,
+        kind: BackendKind,
+        operation: Operation,
+        status: u16,
+    ) -> ResponseTranslation {
+        ResponseTranslation::choose(front_door, kind, operation, status, Instant::now())
+    }
+
     const CLOUD: fn() -> AcceptedBetas = || AcceptedBetas::new(BackendKind::Bedrock, None);
 
     #[test]
@@ -784,13 +791,11 @@ mod tests {
             "/v1/messages?beta=true",
         );
         let body = Bytes::from_static(br#"{"model":"claude-sonnet-4-5","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#);
-        let t = Target {
-            kind: BackendKind::Bedrock,
-            model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
-            project: "",
-            region: "",
-            betas: &betas,
-        };
+        let t = target(
+            BackendKind::Bedrock,
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            &betas,
+        );
         let out = request(
             &i,
             Some("claude-sonnet-4-5"),
@@ -824,13 +829,7 @@ mod tests {
             "/model/x/invoke-with-response-stream",
         );
         let body = Bytes::from_static(br#"{"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["context-1m-2025-08-07"],"max_tokens":5,"messages":[]}"#);
-        let t = Target {
-            kind: BackendKind::Vertex,
-            model: "claude-sonnet-4-5@20250929",
-            project: "proj",
-            region: "us-east5",
-            betas: &betas,
-        };
+        let t = target(BackendKind::Vertex, "claude-sonnet-4-5@20250929", &betas);
         let out = request(
             &i,
             i.model_id.as_deref(),
@@ -862,13 +861,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"anthropic_version":"vertex-2023-10-16","max_tokens":5,"messages":[]}"#,
         );
-        let t = Target {
-            kind: BackendKind::Anthropic,
-            model: "claude-haiku-4-5-20251001",
-            project: "",
-            region: "",
-            betas: &all,
-        };
+        let t = target(BackendKind::Anthropic, "claude-haiku-4-5-20251001", &all);
         let out = request(
             &i,
             i.model_id.as_deref(),
@@ -896,13 +889,11 @@ mod tests {
             path,
         );
         let body = Bytes::from_static(br#"{ "anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["context-1m-2025-08-07"], "messages": [] }"#);
-        let t = Target {
-            kind: BackendKind::Bedrock,
-            model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
-            project: "",
-            region: "",
-            betas: &betas,
-        };
+        let t = target(
+            BackendKind::Bedrock,
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            &betas,
+        );
         let out = request(
             &i,
             i.model_id.as_deref(),
@@ -940,13 +931,7 @@ mod tests {
             "/v1/messages?beta=true",
         );
         let body = Bytes::from_static(br#"{"model":"claude-opus-4-5","messages":[]}"#);
-        let t = Target {
-            kind: BackendKind::Anthropic,
-            model: "claude-sonnet-4-5",
-            project: "",
-            region: "",
-            betas: &all,
-        };
+        let t = target(BackendKind::Anthropic, "claude-sonnet-4-5", &all);
         let out = request(
             &i,
             Some("claude-opus-4-5"),
@@ -971,13 +956,11 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}"#,
         );
-        let t = Target {
-            kind: BackendKind::Bedrock,
-            model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
-            project: "",
-            region: "",
-            betas: &betas,
-        };
+        let t = target(
+            BackendKind::Bedrock,
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            &betas,
+        );
         let out = request(
             &i,
             i.model_id.as_deref(),
@@ -994,12 +977,11 @@ mod tests {
         let inner: Value = serde_json::from_slice(&inner).unwrap();
         assert_eq!(inner["anthropic_version"], BEDROCK_VERSION);
         assert_eq!(inner["max_tokens"], 1);
-        let r = ResponseTranslation::choose(
+        let r = translation(
             FrontDoor::Anthropic,
             BackendKind::Bedrock,
             Operation::CountTokens,
             200,
-            Instant::now(),
         );
         assert!(r.buffers());
         let a = r.whole(200, br#"{"inputTokens":42}"#, None);
@@ -1011,13 +993,7 @@ mod tests {
             "m",
             "/model/m/converse",
         );
-        let t = Target {
-            kind: BackendKind::Vertex,
-            model: "m",
-            project: "p",
-            region: "r",
-            betas: &betas,
-        };
+        let t = target(BackendKind::Vertex, "m", &betas);
         assert!(request(&c, Some("m"), &t, &http::HeaderMap::new(), &body).is_err());
     }
 
@@ -1042,12 +1018,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
     #[test]
     fn sse_becomes_event_stream_with_invocation_metrics_and_back() {
         for piece in [1, 7, 64, 10_000] {
-            let mut to_es = ResponseTranslation::choose(
+            let mut to_es = translation(
                 FrontDoor::Bedrock,
                 BackendKind::Vertex,
                 Operation::InvokeStream,
                 200,
-                Instant::now(),
             );
             let frames = run(&mut to_es, &sse_stream(), piece);
             // The frames decode (CRCs) and carry the usage a Bedrock client reads.
@@ -1061,12 +1036,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
                 (7, 9, 800)
             );
             // And back to SSE, without the Bedrock-only metrics.
-            let mut to_sse = ResponseTranslation::choose(
+            let mut to_sse = translation(
                 FrontDoor::Anthropic,
                 BackendKind::Bedrock,
                 Operation::InvokeStream,
                 200,
-                Instant::now(),
             );
             let sse = run(&mut to_sse, &frames, piece);
             let text = String::from_utf8(sse.to_vec()).unwrap();
@@ -1081,12 +1055,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
 
     #[test]
     fn stream_errors_cross_as_each_protocol_signals_them() {
-        let mut to_es = ResponseTranslation::choose(
+        let mut to_es = translation(
             FrontDoor::Bedrock,
             BackendKind::Anthropic,
             Operation::InvokeStream,
             200,
-            Instant::now(),
         );
         let err = Bytes::from_static(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
         let frames = run(&mut to_es, &err, 5);
@@ -1096,12 +1069,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
             o.finish(true).stream_error.as_deref(),
             Some("serviceUnavailableException")
         );
-        let mut to_sse = ResponseTranslation::choose(
+        let mut to_sse = translation(
             FrontDoor::Vertex,
             BackendKind::Bedrock,
             Operation::InvokeStream,
             200,
-            Instant::now(),
         );
         let sse = run(&mut to_sse, &frames, 3);
         let text = String::from_utf8(sse.to_vec()).unwrap();
@@ -1113,12 +1085,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
 
     #[test]
     fn upstream_errors_keep_status_and_wording_in_the_client_shape() {
-        let r = ResponseTranslation::choose(
+        let r = translation(
             FrontDoor::Anthropic,
             BackendKind::Bedrock,
             Operation::Invoke,
             429,
-            Instant::now(),
         );
         let e = r.whole(
             429,
@@ -1132,12 +1103,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
             b["error"]["message"],
             "Too many requests, please wait before trying again."
         );
-        let r = ResponseTranslation::choose(
+        let r = translation(
             FrontDoor::Bedrock,
             BackendKind::Vertex,
             Operation::Invoke,
             400,
-            Instant::now(),
         );
         let e = r.whole(
             400,
@@ -1151,12 +1121,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
         assert_eq!(json(&e.body)["message"], "bad");
         // Same protocol: untouched.
         assert!(matches!(
-            ResponseTranslation::choose(
+            translation(
                 FrontDoor::Vertex,
                 BackendKind::Vertex,
                 Operation::Invoke,
-                429,
-                Instant::now()
+                429
             ),
             ResponseTranslation::None
         ));
