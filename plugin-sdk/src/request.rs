@@ -184,7 +184,8 @@ impl Request {
         host::metadata(key)
     }
 
-    /// Sets metadata for later plugins and the audit record.
+    /// Sets metadata for later plugins and the audit record. Keys starting `gateway.` are the
+    /// gateway's (such as `gateway.attempts`) and are refused.
     pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<(), Error> {
         host::set_metadata(key, value).map_err(Error::from)
     }
