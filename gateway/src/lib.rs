@@ -32,6 +32,7 @@ pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod frontdoor;
+pub mod lifecycle;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

@@ -38,6 +38,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use arc_swap::ArcSwap;
 
 use crate::frontdoor::{FrontDoor, FrontDoors, Operation, RequestInfo};
+use crate::lifecycle::Lifecycle;
 use crate::plugin::{Completion, Pipeline, PipelineRun, RequestView, WitOutcome, WitUsage};
 use crate::upstream::route::Router;
 use crate::upstream::{
@@ -68,6 +69,8 @@ pub enum Outcome {
     Denied,
     /// The client went away before the answer was complete.
     ClientAborted,
+    /// The gateway stopped (its grace period ran out) before the answer was complete.
+    GatewayStopped,
 }
 
 impl Outcome {
@@ -81,6 +84,7 @@ impl Outcome {
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::Denied => "denied",
             Outcome::ClientAborted => "client_aborted",
+            Outcome::GatewayStopped => "gateway_stopped",
         }
     }
 }
@@ -172,6 +176,31 @@ impl From<GatewayError> for Stop {
     }
 }
 
+/// What a client may send and how long it may take (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Largest request body.
+    pub max_request_body: u64,
+    /// Largest request head (request line and headers).
+    pub max_request_headers: u64,
+    /// The whole body must arrive within this, from the request head.
+    pub client_body_timeout: Duration,
+    /// A write the client does not read for this long drops it.
+    pub client_write_timeout: Duration,
+}
+
+impl ClientLimits {
+    /// The limits `[server]` sets.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            max_request_body: server.max_request_body.0,
+            max_request_headers: server.max_request_headers.0,
+            client_body_timeout: server.client_body_timeout.0,
+            client_write_timeout: server.client_write_timeout.0,
+        }
+    }
+}
+
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
     metrics: Arc<crate::metrics::Metrics>,
@@ -180,8 +209,8 @@ pub struct Gateway {
     router: Arc<ArcSwap<Router>>,
     upstreams: Arc<Upstreams>,
     connector: Connector,
-    max_request_body: u64,
-    client_body_timeout: Duration,
+    limits: ClientLimits,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Gateway {
@@ -192,8 +221,8 @@ impl Gateway {
         pipeline: Arc<ArcSwap<Pipeline>>,
         router: Arc<ArcSwap<Router>>,
         upstreams: Arc<Upstreams>,
-        max_request_body: u64,
-        client_body_timeout: Duration,
+        limits: ClientLimits,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             metrics,
@@ -202,8 +231,8 @@ impl Gateway {
             router,
             upstreams,
             connector: Connector::new(None),
-            max_request_body,
-            client_body_timeout,
+            limits,
+            lifecycle,
         }
     }
 
@@ -217,7 +246,21 @@ impl Gateway {
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_string();
-        let info = match self.front_doors.parse(&head.method, &path) {
+        let parsed = self.front_doors.parse(&head.method, &path);
+        let head_size = request_head_size(head);
+        if head_size > self.limits.max_request_headers {
+            ctx.front_door = Some(match &parsed {
+                Ok(info) => info.front_door,
+                Err((front_door, _)) => *front_door,
+            });
+            // The body is left unread: the connection is not reused.
+            session.set_keepalive(None);
+            return Err(GatewayError::HeadersTooLarge {
+                limit: self.limits.max_request_headers,
+            }
+            .into());
+        }
+        let info = match parsed {
             Ok(info) => info,
             Err((front_door, e)) => {
                 ctx.front_door = Some(front_door);
@@ -318,10 +361,8 @@ impl Gateway {
                 }
             };
             let UpstreamRequest { peer, header, body } = prepared;
-            let upstream = match self
-                .send(&peer, header, body, &backend.name, first_byte)
-                .await
-            {
+            let sent = self.send(&peer, header, body, &backend.name, first_byte);
+            let upstream = match self.while_client_waits(session, sent).await? {
                 Ok(upstream) => upstream,
                 Err(failure) => {
                     ctx.attempts
@@ -360,6 +401,28 @@ impl Gateway {
                 .await;
         }
         Err(GatewayError::Unavailable("no backend could take the request".into()).into())
+    }
+
+    /// Waits for `upstream` (a send, up to the answer's head) while watching the client: a
+    /// client that hangs up releases the upstream at once (the send is dropped with its
+    /// connection), and so does the end of the grace period when the gateway stops.
+    async fn while_client_waits<T>(
+        &self,
+        session: &mut Session,
+        upstream: impl std::future::Future<Output = T>,
+    ) -> Result<T, Stop> {
+        tokio::select! {
+            biased;
+            answered = upstream => Ok(answered),
+            // The request body is done, so this only returns when the client hangs up.
+            gone = session.downstream_session.read_body_or_idle(true) => {
+                let why = match gone { Err(e) => e.to_string(), Ok(_) => "closed".into() };
+                Err(Stop::Abort(Outcome::ClientAborted, format!("client went away while the upstream was answering: {why}")))
+            }
+            () = self.lifecycle.stopped() => Err(Stop::Answer(GatewayError::ShuttingDown(
+                "the gateway stopped before the upstream answered; retry the request".into(),
+            ))),
+        }
     }
 
     /// Translates and signs the request for one candidate backend.
@@ -520,8 +583,9 @@ impl Gateway {
 
     /// Reads the request body up to `max_request_body`.
     async fn read_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Bytes, Stop> {
+        let max_request_body = self.limits.max_request_body;
         let too_large = GatewayError::BodyTooLarge {
-            limit: self.max_request_body,
+            limit: max_request_body,
         };
         let declared = session
             .req_header()
@@ -529,19 +593,43 @@ impl Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_request_body) {
+        if declared.is_some_and(|n| n > max_request_body) {
             // Refuse before reading; the connection is not reused since the body is unread.
             session.set_keepalive(None);
             return Err(too_large.into());
         }
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-        session.set_read_timeout(Some(self.client_body_timeout));
+        // One deadline for the whole body, from the request head: a client trickling bytes
+        // cannot hold the connection past it (a read timeout alone restarts on every byte).
+        let deadline = ctx.started.unwrap_or_else(Instant::now) + self.limits.client_body_timeout;
+        let timed_out = || {
+            GatewayError::BodyTimeout(format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(self.limits.client_body_timeout)
+            ))
+        };
         loop {
-            let chunk = session.read_request_body().await.map_err(|e| {
-                GatewayError::BadRequest(format!("could not read the request body: {e}"))
-            })?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                session.set_keepalive(None);
+                return Err(timed_out().into());
+            }
+            session.set_read_timeout(Some(left));
+            let chunk = match session.read_request_body().await {
+                Ok(chunk) => chunk,
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    session.set_keepalive(None);
+                    return Err(timed_out().into());
+                }
+                Err(e) => {
+                    return Err(GatewayError::BadRequest(format!(
+                        "could not read the request body: {e}"
+                    ))
+                    .into())
+                }
+            };
             let Some(chunk) = chunk else { break };
-            if (body.len() + chunk.len()) as u64 > self.max_request_body {
+            if (body.len() + chunk.len()) as u64 > max_request_body {
                 session.set_keepalive(None);
                 return Err(too_large.into());
             }
@@ -670,6 +758,9 @@ impl Gateway {
         let translating = !matches!(translation, ResponseTranslation::None);
         let mut translated = Vec::new();
         let mut arrived: Vec<Bytes> = Vec::new();
+        // Registered once per stream, woken only when the gateway's grace period ends.
+        let stopped = self.lifecycle.stopped();
+        tokio::pin!(stopped);
         let result = loop {
             tokio::select! {
                 chunk = upstream.read_response_body() => match chunk {
@@ -717,6 +808,9 @@ impl Gateway {
                 gone = session.downstream_session.read_body_or_idle(true) => {
                     let why = match gone { Err(e) => e.to_string(), Ok(_) => "closed".into() };
                     break Err(Stop::Abort(Outcome::ClientAborted, format!("client went away: {why}")));
+                }
+                () = &mut stopped => {
+                    break Err(Stop::Abort(Outcome::GatewayStopped, "the gateway stopped: its grace period ended before the answer did".into()));
                 }
             }
         };
@@ -847,10 +941,10 @@ impl Gateway {
         let front_door = ctx.front_door.unwrap_or(FrontDoor::Bedrock);
         let rendered = error.render(front_door);
         ctx.status = rendered.status;
-        ctx.outcome = if matches!(error, GatewayError::Denied { .. }) {
-            Outcome::Denied
-        } else {
-            Outcome::Rejected
+        ctx.outcome = match error {
+            GatewayError::Denied { .. } => Outcome::Denied,
+            GatewayError::ShuttingDown(_) => Outcome::GatewayStopped,
+            _ => Outcome::Rejected,
         };
         ctx.error = Some(error.to_string());
         if let Ok(head) = whole_head(&rendered, &ctx.request_id) {
@@ -933,6 +1027,8 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        // A client that stops reading its answer is dropped instead of holding the stream.
+        session.set_write_timeout(Some(self.limits.client_write_timeout));
         ctx.request_id = request_id(session);
         ctx.session_id = session
             .req_header()
@@ -1038,15 +1134,31 @@ impl ProxyHttp for Gateway {
         );
         // After the log line, so that no audit record is ever written before its request's line.
         if let Some(mut run) = ctx.plugins.take() {
+            let view = run.get_mut().view_mut();
             if !ctx.attempts.is_empty() {
-                run.get_mut()
-                    .view_mut()
-                    .metadata
+                view.metadata
                     .insert("gateway.attempts".into(), ctx.attempts.join(" "));
+            }
+            if ctx.outcome == Outcome::GatewayStopped {
+                view.metadata
+                    .insert("gateway.outcome".into(), ctx.outcome.as_str().into());
             }
             run.into_inner().complete(completion(ctx, latency));
         }
     }
+}
+
+/// Bytes of a request head as it came on the wire: request line and header lines.
+fn request_head_size(head: &pingora_http::RequestHeader) -> u64 {
+    let line = head.method.as_str().len()
+        + head.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + "  HTTP/1.1\r\n".len();
+    let headers: usize = head
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (line + headers) as u64
 }
 
 /// The head of an answer the gateway holds whole (its own error, a translated error or token
@@ -1154,7 +1266,9 @@ fn completion(ctx: &RequestCtx, latency: Duration) -> Completion {
             Outcome::UpstreamError => WitOutcome::UpstreamError,
             Outcome::Rejected => WitOutcome::Rejected,
             Outcome::Denied => WitOutcome::Denied,
-            Outcome::UpstreamFailed => WitOutcome::UpstreamFailed,
+            // The contract's outcomes predate this one: the answer was cut after it started,
+            // as when an upstream fails; `gateway.outcome` says which.
+            Outcome::UpstreamFailed | Outcome::GatewayStopped => WitOutcome::UpstreamFailed,
             Outcome::ClientAborted => WitOutcome::ClientAborted,
         },
         usage: WitUsage {

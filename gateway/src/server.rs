@@ -4,8 +4,12 @@
 //! the admin listener ([`crate::admin::Admin`]). Background work that the request path reads
 //! from (credential refresh, DNS refresh) runs on a small runtime of its own, so it never
 //! competes with request handling for a worker and survives whatever Pingora does with its
-//! service runtimes. Pingora handles the signals: SIGTERM and SIGINT shut down after requests
-//! in flight finish (up to `server.grace_period`), SIGQUIT hands the listeners to a new process.
+//! service runtimes.
+//!
+//! Stopping: SIGTERM and SIGINT drain (`/readyz` turns 503, the listeners close, requests in
+//! flight run to their end within `server.grace_period`, then the process exits; see
+//! [`crate::lifecycle`]); a second SIGTERM or SIGINT stops at once. SIGQUIT hands the
+//! listeners to a new process (a binary upgrade), then drains the same way.
 
 use std::sync::Arc;
 
@@ -23,11 +27,12 @@ use crate::admin::Admin;
 use crate::audit::AuditSink;
 use crate::config::Config;
 use crate::frontdoor::FrontDoors;
+use crate::lifecycle::{self, DrainPlan, Lifecycle, Limited};
 use crate::metrics::Metrics;
 use crate::plugin::jwt::JwtVerifier;
 use crate::plugin::pipeline::Completions;
 use crate::plugin::{HostServices, Pipeline, PluginEngine, PluginError};
-use crate::proxy::Gateway;
+use crate::proxy::{ClientLimits, Gateway};
 use crate::reload::{Live, Reloader};
 use crate::state::MemoryStore;
 use crate::upstream::route::Router;
@@ -35,6 +40,8 @@ use crate::upstream::Upstreams;
 
 /// The data plane's per-connection write buffer.
 const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+/// Seconds past the grace period after which Pingora itself ends a stop the drain has not.
+const DRAIN_BACKSTOP_SECONDS: u64 = 5;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +66,14 @@ pub enum StartError {
     Plugin(String, PluginError),
 }
 
-/// SIGTERM and SIGINT both shut down gracefully (requests in flight finish, audit records are
-/// flushed); SIGQUIT hands the listeners to a new process.
-struct ShutdownSignals;
+/// SIGTERM and SIGINT both drain (requests in flight finish, audit records are flushed);
+/// SIGQUIT hands the listeners to a new process, then drains. A second SIGTERM or SIGINT
+/// during a drain stops at once.
+struct ShutdownSignals {
+    lifecycle: Arc<Lifecycle>,
+    drain: std::sync::Mutex<Option<DrainPlan>>,
+    audit: AuditSink,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for ShutdownSignals {
@@ -75,11 +87,65 @@ impl ShutdownSignalWatch for ShutdownSignals {
             tracing::error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
+        let signal = tokio::select! {
             _ = term.recv() => ShutdownSignal::GracefulTerminate,
             _ = int.recv() => ShutdownSignal::GracefulTerminate,
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+        };
+        self.lifecycle.begin_drain();
+        if let Some(mut plan) = self.drain.lock().ok().and_then(|mut d| d.take()) {
+            plan.signalled = std::time::Instant::now();
+            lifecycle::drain(plan);
         }
+        let audit = self.audit.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!(
+                "second stop signal: stopping now, without waiting for requests in flight"
+            );
+            audit.close();
+            std::process::exit(1);
+        });
+        signal
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit (each open stream holds two sockets),
+/// and says what it is.
+fn raise_open_file_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed, which lives on
+    // this stack frame.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let open_files = limit.rlim_cur as u64;
+    tracing::info!(open_files, "open-file limit");
+    let needed = 2 * max_connections as u64 + 256;
+    if open_files < needed {
+        tracing::warn!(
+            open_files,
+            max_connections,
+            "the open-file limit is below what server.max_connections may need (two per stream); raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        );
     }
 }
 
@@ -88,6 +154,8 @@ impl ShutdownSignalWatch for ShutdownSignals {
 /// With `upgrade`, the listeners are taken over from a running gateway (which is then sent
 /// `SIGQUIT`) instead of being bound anew.
 pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Result<(), StartError> {
+    raise_open_file_limit(config.server.max_connections);
+    let lifecycle = Lifecycle::new(config.server.max_connections);
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gw-background")
@@ -163,9 +231,11 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
-        grace_period_seconds: Some(0),
+        // The drain (crate::lifecycle) ends the process as soon as the last request is done;
+        // Pingora's wait after closing the listeners is only the backstop.
+        grace_period_seconds: Some(config.server.grace_period.0.as_secs() + DRAIN_BACKSTOP_SECONDS),
         upgrade_sock: config.server.upgrade_sock.clone(),
-        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let opt = pingora_core::server::configuration::Opt {
@@ -181,11 +251,14 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         Arc::clone(&pipeline),
         router,
         Arc::clone(&upstreams),
-        config.server.max_request_body.0,
-        config.server.client_body_timeout.0,
+        ClientLimits::from_config(&config.server),
+        Arc::clone(&lifecycle),
     );
-    let mut data_plane =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "data plane");
+    let proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
+    let mut data_plane = Service::new(
+        "data plane".to_string(),
+        Limited::new(proxy, Arc::clone(&lifecycle)),
+    );
     // A write buffer large enough for a response head and a typical JSON answer (or one
     // stream chunk with its framing) makes them one `send` instead of two or three; Pingora
     // still flushes every streamed chunk at once.
@@ -209,6 +282,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
             Arc::clone(&metrics),
             Arc::clone(&reloader),
             config.admin.token.clone(),
+            Arc::clone(&lifecycle),
         )),
     );
     admin.add_tcp(&config.server.admin_listen);
@@ -222,8 +296,29 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         backends = config.backends.len(),
         "gateway starting"
     );
+    let drain = DrainPlan {
+        lifecycle: Arc::clone(&lifecycle),
+        signalled: std::time::Instant::now(),
+        grace: config.server.grace_period.0,
+        phases: server.watch_execution_phase(),
+        finish: {
+            let completions = Arc::clone(&completions);
+            let audit = audit.clone();
+            Box::new(move |settle| {
+                // Requests have ended; let their `on-complete` runs write their records, then sync.
+                if !completions.wait_idle(settle) {
+                    tracing::error!("some on-complete runs did not finish in time");
+                }
+                audit.close();
+            })
+        },
+    };
     server.run(RunArgs {
-        shutdown_signal: Box::new(ShutdownSignals),
+        shutdown_signal: Box::new(ShutdownSignals {
+            lifecycle,
+            drain: std::sync::Mutex::new(Some(drain)),
+            audit: audit.clone(),
+        }),
     });
 
     // Requests have finished; let their `on-complete` runs write their records, then sync.

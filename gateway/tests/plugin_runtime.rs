@@ -538,3 +538,114 @@ async fn new_plugins_start_on_baseline_code_and_are_optimized_on_request() {
     run.on_request().await.unwrap();
     assert!(header(&run, "x-probe-seen").is_some());
 }
+
+fn view_with_id(id: &str, body: Bytes) -> Box<RequestView> {
+    Box::new(RequestView::new(
+        "POST".into(),
+        "/bedrock/model/m/invoke".into(),
+        FrontDoor::Bedrock,
+        Operation::Invoke,
+        Some("m".into()),
+        http::HeaderMap::new(),
+        None,
+        id.into(),
+        body,
+    ))
+}
+
+fn audit_records(h: &Host) -> Vec<serde_json::Value> {
+    h.audit
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_requests_hold_no_instance_and_keep_their_state_in_the_host() {
+    // Eight instance slots for both compilers' pools; 300 requests open at once.
+    let h = host(PluginRuntimeConfig {
+        max_instances: 8,
+        ..Default::default()
+    });
+    let pipeline = h.pipeline(&[config("probe", "on_error = \"deny\"")]).await;
+    assert!(
+        !pipeline.plugins()[0].pinned,
+        "a 1.1 plugin is lent per call"
+    );
+    let mut open = Vec::new();
+    for i in 0..300 {
+        let mut run = pipeline.start(view_with_id(&format!("r{i}"), Bytes::new()));
+        run.on_request()
+            .await
+            .unwrap_or_else(|d| panic!("request {i} was refused: {d:?}"));
+        run.on_response(200, &http::HeaderMap::new()).await;
+        open.push(run);
+    }
+    // Completed in reverse: each on-complete runs on whichever instance is free.
+    for run in open.into_iter().rev() {
+        run.finish(completion()).await;
+    }
+    let records = audit_records(&h);
+    assert_eq!(records.len(), 300);
+    for r in &records {
+        assert_eq!(
+            r["state"]["rid"], r["request_id"],
+            "each request's on-complete sees its own state: {r}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_1_0_plugin_loads_and_keeps_one_instance_per_request() {
+    let h = host(PluginRuntimeConfig::default());
+    let pipeline = h.pipeline(&[config("v1_0", "")]).await;
+    assert!(pipeline.plugins()[0].pinned);
+    let mut a = pipeline.start(view_with_id("a", Bytes::new()));
+    a.on_request().await.unwrap();
+    let mut b = pipeline.start(view_with_id("b", Bytes::new()));
+    b.on_request().await.unwrap();
+    a.finish(completion()).await;
+    b.finish(completion()).await;
+    let records = audit_records(&h);
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r["remembered"], r["request_id"], "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_failures_on_oversized_input_do_not_open_the_breaker() {
+    let h = host(PluginRuntimeConfig {
+        breaker_failures: 2,
+        ..Default::default()
+    });
+    let pipeline = h
+        .pipeline(&[config(
+            "membomb",
+            "cpu_limit = \"2s\"\non_error = \"allow\"",
+        )])
+        .await;
+    // 2 MiB of input against a 16 MiB plugin: the request's doing, not the plugin's.
+    let big = Bytes::from(vec![b' '; 2 * 1024 * 1024]);
+    for i in 0..5 {
+        let mut run = pipeline.start(view_with_id(&format!("big{i}"), big.clone()));
+        run.on_request().await.unwrap();
+    }
+    assert_eq!(
+        h.calls("membomb", "memory"),
+        5,
+        "every request still calls it"
+    );
+    // A small request failing the same way is the plugin's fault.
+    for i in 0..5 {
+        let mut run = pipeline.start(view_with_id(&format!("small{i}"), Bytes::new()));
+        run.on_request().await.unwrap();
+    }
+    assert_eq!(
+        h.calls("membomb", "memory"),
+        7,
+        "two small failures open the breaker"
+    );
+}

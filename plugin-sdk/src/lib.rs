@@ -7,7 +7,7 @@
 //! headers, record who is calling, count things in the gateway's shared state, verify JWTs,
 //! write audit records and export metrics.
 //!
-//! The contract is the WIT package `llm-gateway:plugin@1.0.0` in `wit/plugin.wit`; this crate
+//! The contract is the WIT package `llm-gateway:plugin@1.1.0` in `wit/plugin.wit`; this crate
 //! hides its generated bindings and offers a [`Plugin`] trait, typed [`Request`] and
 //! [`Response`] handles and one small module per host service ([`log`], [`clock`], [`state`],
 //! [`jwt`], [`audit`], [`metrics`]). `CONTRACT.md` beside this crate says what the types cannot:
@@ -70,6 +70,8 @@ pub use decision::{Decision, Denial};
 pub use error::Error;
 pub use request::{FrontDoor, Operation, Request};
 pub use response::Response;
+/// The serialization framework behind typed per-request state ([`Request::state`]).
+pub use serde;
 /// The JSON library the SDK's API speaks (configs, body values, audit records).
 pub use serde_json;
 
@@ -82,8 +84,9 @@ pub use export::__private;
 /// then called for each request the instance serves. With `isolation = "pooled"` (the
 /// default) one instance serves many requests one after another, so fields (and any other
 /// global) persist across requests; with `isolation = "request"` every request gets a fresh
-/// instance and `init` runs each time. Never keep per-request data in `self` without
-/// resetting it in `on_request`.
+/// instance and `init` runs each time. An instance is lent for one phase call, not a whole
+/// request: `on_request` and `on_complete` of one request may run on different instances, so
+/// per-request data goes in [`Request::set_state`] / [`Request::state`], never in `self`.
 ///
 /// Register the type with [`export_plugin!`].
 pub trait Plugin: Sized + 'static {

@@ -201,4 +201,39 @@ impl Request {
     pub fn body_json_text(&self, pointer: &str) -> Option<String> {
         host::body_json(pointer)
     }
+
+    /// What this plugin stored for this request with [`set_state`](Request::set_state) in an
+    /// earlier phase, or `None` (nothing stored, or stored as another type).
+    ///
+    /// An instance is lent for one phase call, so `on_complete` may run on another instance
+    /// than `on_request`: per-request data belongs here, not in the plugin's fields. The
+    /// gateway holds the value (as JSON) and drops it when the request is over.
+    ///
+    /// ```
+    /// # use llm_gateway_plugin::Request;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Seen { started_ms: u64 }
+    /// # fn on_request(req: &mut Request) {
+    /// let _ = req.set_state(&Seen { started_ms: 42 });
+    /// # }
+    /// # fn on_complete(req: &Request) {
+    /// let started = req.state::<Seen>().map(|s| s.started_ms);
+    /// # }
+    /// ```
+    pub fn state<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&host::request_state_get()?).ok()
+    }
+
+    /// Keeps `value` for this request, for this plugin's later phases (replacing what was
+    /// stored). Fails when its JSON is over the host's limit (64 KiB by default).
+    pub fn set_state<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        set_state(value)
+    }
+}
+
+/// Stores a plugin's per-request state (shared by [`Request`] and [`Response`](crate::Response)).
+pub(crate) fn set_state<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), Error> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| Error::new(format!("request state is not representable as JSON: {e}")))?;
+    host::request_state_set(&bytes).map_err(Error::from)
 }

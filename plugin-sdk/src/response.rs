@@ -44,6 +44,12 @@ impl Response {
         host::response_set_header(name, value).map_err(Error::from)
     }
 
+    /// Keeps `value` for this request, for this plugin's `on_complete` (see
+    /// [`Request::state`]).
+    pub fn set_state<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        crate::request::set_state(value)
+    }
+
     /// The request this answers (read-only).
     pub fn request(&self) -> &Request {
         Request::handle()

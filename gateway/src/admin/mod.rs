@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz`: 200 while the process serves at all.
 //! - `GET /readyz`: 200 when every backend can authenticate (credentials loaded or an API key
-//!   set) and has a resolved address; 503 with the reasons otherwise.
+//!   set) and has a resolved address; 503 with the reasons otherwise, and 503 with
+//!   `"draining": true` from the moment a stop begins.
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /status`: version, uptime, configuration generation, plugins with their content
 //!   hashes, backends with their health, the last reload error.
@@ -20,6 +21,7 @@ use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::upstream::Upstreams;
@@ -30,6 +32,7 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     token: Option<String>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Admin {
@@ -39,12 +42,14 @@ impl Admin {
         metrics: Arc<Metrics>,
         reloader: Arc<Reloader>,
         token: Option<String>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             upstreams,
             metrics,
             reloader,
             token: token.filter(|t| !t.is_empty()),
+            lifecycle,
         }
     }
 
@@ -77,6 +82,9 @@ impl Admin {
     }
 
     fn readiness(&self) -> (u16, serde_json::Value) {
+        if self.lifecycle.draining() {
+            return (503, serde_json::json!({ "ready": false, "draining": true }));
+        }
         let mut problems = serde_json::Map::new();
         for b in self.upstreams.backends() {
             if let Err(why) = b.ready() {

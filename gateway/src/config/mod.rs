@@ -186,9 +186,21 @@ pub struct ServerConfig {
     pub tls_key: Option<String>,
     /// Worker threads for the data plane (default: the number of cores).
     pub threads: Option<usize>,
-    /// How long a client may take to send its request body.
+    /// How long a client may take to send its whole request body, counted from the request
+    /// head (not per read): a trickling client cannot hold a connection for longer.
     #[serde(default = "default_client_body_timeout")]
     pub client_body_timeout: HumanDuration,
+    /// Largest request head (request line and every header); larger ones get 431 in the
+    /// client's protocol before any plugin runs.
+    #[serde(default = "default_max_request_headers")]
+    pub max_request_headers: ByteSize,
+    /// Most client connections open at once; more are closed as they are accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a write to a client may wait for it to read: a client that stops reading its
+    /// answer is dropped after this.
+    #[serde(default = "default_client_write_timeout")]
+    pub client_write_timeout: HumanDuration,
     /// How long shutdown waits for requests in flight to finish.
     #[serde(default = "default_grace_period")]
     pub grace_period: HumanDuration,
@@ -408,6 +420,15 @@ fn default_max_request_body() -> ByteSize {
 fn default_client_body_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
 }
+fn default_max_request_headers() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_max_connections() -> usize {
+    16_384
+}
+fn default_client_write_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
 fn default_grace_period() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
@@ -603,6 +624,15 @@ impl Config {
                 "server.max_request_body".into(),
                 "must be larger than zero".into(),
             );
+        }
+        if self.server.max_request_headers.0 < 1024 {
+            problem(
+                "server.max_request_headers".into(),
+                "must be at least 1KiB".into(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            problem("server.max_connections".into(), "must be at least 1".into());
         }
         if self.server.threads == Some(0) {
             problem("server.threads".into(), "must be at least 1".into());

@@ -40,6 +40,16 @@ impl FrontDoor {
         }
     }
 
+    /// The longest model ID this protocol's provider accepts, in bytes: Bedrock takes IDs and
+    /// ARNs up to 2,048 characters, Vertex AI and the Anthropic API model names up to 256.
+    /// Longer ones are refused before any plugin sees them.
+    pub fn max_model_id(self) -> usize {
+        match self {
+            FrontDoor::Bedrock => 2048,
+            FrontDoor::Vertex | FrontDoor::Anthropic => 256,
+        }
+    }
+
     /// The backend kind that speaks the same protocol.
     pub fn kind(self) -> BackendKind {
         match self {
@@ -179,7 +189,19 @@ impl RequestInfo {
                 _ => return Err(GatewayError::BadRequest("model: Field required".into())),
             }
         }
-        Ok(())
+        self.check_model_length()
+    }
+
+    /// Refuses a model ID longer than the client's provider accepts.
+    pub fn check_model_length(&self) -> Result<(), GatewayError> {
+        let limit = self.front_door.max_model_id();
+        match &self.model_id {
+            Some(m) if m.len() > limit => Err(GatewayError::BadRequest(format!(
+                "model: the model ID is {} bytes long; at most {limit} are accepted",
+                m.len()
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -207,19 +229,24 @@ impl FrontDoors {
         method: &http::Method,
         path_and_query: &str,
     ) -> Result<RequestInfo, (FrontDoor, GatewayError)> {
+        let checked = |door: FrontDoor, parsed: Result<RequestInfo, GatewayError>| {
+            parsed
+                .and_then(|info| info.check_model_length().map(|()| info))
+                .map_err(|e| (door, e))
+        };
         if let Some(rest) = strip_prefix_segment(path_and_query, &self.bedrock_prefix) {
-            return bedrock::parse(method, rest).map_err(|e| (FrontDoor::Bedrock, e));
+            return checked(FrontDoor::Bedrock, bedrock::parse(method, rest));
         }
         if let Some(rest) = strip_prefix_segment(path_and_query, &self.vertex_prefix) {
-            return vertex::parse(method, rest).map_err(|e| (FrontDoor::Vertex, e));
+            return checked(FrontDoor::Vertex, vertex::parse(method, rest));
         }
         // `ANTHROPIC_VERTEX_BASE_URL` may also be the gateway's `/v1`.
         if path_and_query.starts_with("/v1/projects/") {
-            return vertex::parse(method, path_and_query).map_err(|e| (FrontDoor::Vertex, e));
+            return checked(FrontDoor::Vertex, vertex::parse(method, path_and_query));
         }
         if let Some(rest) = strip_prefix_segment(path_and_query, &self.anthropic_prefix) {
             if rest.starts_with("/v1/") {
-                return anthropic::parse(method, rest).map_err(|e| (FrontDoor::Anthropic, e));
+                return checked(FrontDoor::Anthropic, anthropic::parse(method, rest));
             }
         }
         Err((
@@ -257,6 +284,39 @@ mod tests {
 
     fn doors() -> FrontDoors {
         FrontDoors::new(&crate::config::FrontDoorsConfig::default())
+    }
+
+    #[test]
+    fn model_ids_longer_than_the_provider_takes_are_refused() {
+        let d = doors();
+        let post = http::Method::POST;
+        let ok = "a".repeat(2048);
+        assert!(d
+            .parse(&post, &format!("/bedrock/model/{ok}/invoke"))
+            .is_ok());
+        let long = "a".repeat(2049);
+        let (door, e) = d
+            .parse(&post, &format!("/bedrock/model/{long}/invoke"))
+            .unwrap_err();
+        assert_eq!((door, e.status()), (FrontDoor::Bedrock, 400));
+        let long = "m".repeat(257);
+        let vertex =
+            format!("/vertex/projects/p/locations/l/publishers/anthropic/models/{long}:rawPredict");
+        assert_eq!(d.parse(&post, &vertex).unwrap_err().0, FrontDoor::Vertex);
+        let mut info = d.parse(&post, "/v1/messages").unwrap();
+        let body = format!(r#"{{"model":"{long}","max_tokens":1,"messages":[]}}"#);
+        assert_eq!(
+            info.complete_from_body(body.as_bytes())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let mut info = d.parse(&post, "/v1/messages").unwrap();
+        let body = format!(
+            r#"{{"model":"{}","max_tokens":1,"messages":[]}}"#,
+            "m".repeat(256)
+        );
+        assert!(info.complete_from_body(body.as_bytes()).is_ok());
     }
 
     #[test]

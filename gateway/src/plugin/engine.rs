@@ -383,6 +383,8 @@ impl PluginEngine {
             }
         };
         let pre = self.link(&component, tier)?;
+        // A 1.0 plugin was promised one instance for all phases of a request.
+        let pinned = contract_minor(&self.tier(tier).engine, &component) == Some(0);
         let plugin = Arc::new(LoadedPlugin::new(
             Arc::clone(self),
             Arc::clone(&self.services),
@@ -390,6 +392,7 @@ impl PluginEngine {
             pre,
             hash,
             tier,
+            pinned,
         )?);
         // Instantiate once and run `init`: a plugin that cannot start fails its load, not a request.
         let instance = plugin.instantiate().await?;
@@ -422,6 +425,16 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginEr
         }
     }
     Ok(())
+}
+
+/// The minor version of the contract a component's `handler` export was built for.
+fn contract_minor(engine: &Engine, component: &Component) -> Option<u64> {
+    let handler = format!("{CONTRACT_PACKAGE}/handler@");
+    let ty = component.component_type();
+    let version = ty
+        .exports(engine)
+        .find_map(|(n, _)| n.strip_prefix(&handler).map(str::to_string))?;
+    version.split('.').nth(1)?.parse().ok()
 }
 
 /// Turns a core module carrying a component type (what `wit-bindgen` guests build to) into a

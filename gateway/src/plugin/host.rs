@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
+use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::llm_gateway::plugin::{
-    audit, clock, jwt, log, metrics, request, response, state, types,
+    audit, clock, jwt, log, metrics, request, request_state, response, state, types,
 };
 use super::jwt::JwtVerifier;
 use super::view::{Phase, RequestView};
@@ -51,12 +51,76 @@ pub struct PluginIdentity {
     pub return_limit: usize,
 }
 
+/// A store's resource limits, remembering how large its memory has grown so host calls can
+/// tell whether a value still fits in the plugin.
+pub struct Limits {
+    inner: StoreLimits,
+    /// The memory limit.
+    memory_limit: usize,
+    /// The largest linear memory size granted so far.
+    memory: usize,
+}
+
+impl Limits {
+    /// `inner`, for a plugin whose memory may grow to `memory_limit` bytes.
+    pub fn new(inner: StoreLimits, memory_limit: usize) -> Self {
+        Self {
+            inner,
+            memory_limit,
+            memory: 0,
+        }
+    }
+
+    /// Whether a value of `len` bytes can still be handed to the plugin: its memory can grow
+    /// by that much (with room left for the plugin's own copy). A value that cannot fit would
+    /// trap the plugin inside its allocator; refusing it lets the plugin handle the refusal.
+    pub fn fits(&self, len: usize) -> bool {
+        len.saturating_mul(2) <= self.memory_limit.saturating_sub(self.memory)
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let granted = self.inner.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.memory = self.memory.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// The data of one plugin instance's store.
 pub struct HostState {
     pub(super) plugin: PluginIdentity,
     pub(super) services: Arc<HostServices>,
     pub(super) view: Option<Box<RequestView>>,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: Limits,
     /// When the current call started, and how long it has waited on host I/O since.
     pub(super) call_started: Instant,
     pub(super) host_wait: Duration,
@@ -73,7 +137,7 @@ pub struct HostState {
 
 impl HostState {
     /// Fresh state for a new instance of `plugin`.
-    pub fn new(plugin: PluginIdentity, services: Arc<HostServices>, limits: StoreLimits) -> Self {
+    pub fn new(plugin: PluginIdentity, services: Arc<HostServices>, limits: Limits) -> Self {
         let stdout = MemoryOutputPipe::new(STDIO_CAPTURE);
         let stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
         // WASI with nothing in it: no files, no environment, no network, no clock skew tricks
@@ -260,7 +324,8 @@ impl request::Host for HostState {
     }
 
     fn model(&mut self) -> wasmtime::Result<Option<String>> {
-        Ok(self.view()?.model.clone())
+        let model = self.view()?.model.clone();
+        Ok(model.filter(|m| self.limits.fits(m.len())))
     }
 
     fn set_model(&mut self, model: String) -> wasmtime::Result<Result<(), String>> {
@@ -272,11 +337,30 @@ impl request::Host for HostState {
     }
 
     fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.view()?.header(&name))
+        let value = self.view()?.header(&name);
+        Ok(value.filter(|v| self.limits.fits(v.len())))
     }
 
     fn headers(&mut self) -> wasmtime::Result<Vec<types::Header>> {
-        Ok(self.view()?.request_headers())
+        let headers = self.view()?.request_headers();
+        let total: usize = headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 16)
+            .sum();
+        if !self.limits.fits(total) {
+            // Too large for the plugin to hold: the headers that fit, in order.
+            let mut budget = self.limits.memory_limit.saturating_sub(self.limits.memory) / 2;
+            return Ok(headers
+                .into_iter()
+                .take_while(|h| {
+                    let cost = h.name.len() + h.value.len() + 16;
+                    let fits = cost <= budget;
+                    budget = budget.saturating_sub(cost);
+                    fits
+                })
+                .collect());
+        }
+        Ok(headers)
     }
 
     fn set_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
@@ -326,7 +410,8 @@ impl request::Host for HostState {
     }
 
     fn metadata(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.view()?.metadata.get(&key).cloned())
+        let value = self.view()?.metadata.get(&key).cloned();
+        Ok(value.filter(|v| self.limits.fits(v.len())))
     }
 
     fn set_metadata(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), String>> {
@@ -351,7 +436,23 @@ impl request::Host for HostState {
 
     fn body_json(&mut self, pointer: String) -> wasmtime::Result<Option<String>> {
         let limit = self.plugin.return_limit.max(1024 * 1024);
-        Ok(self.view()?.body_json(&pointer, limit))
+        let value = self.view()?.body_json(&pointer, limit);
+        Ok(value.filter(|v| self.limits.fits(v.len())))
+    }
+}
+
+impl request_state::Host for HostState {
+    fn get(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
+        let name = Arc::clone(&self.plugin.name);
+        Ok(self.view()?.plugin_state(&name).map(<[u8]>::to_vec))
+    }
+
+    fn set(&mut self, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = self.check_size("request state", value.len()) {
+            return Ok(Err(e));
+        }
+        let name = Arc::clone(&self.plugin.name);
+        Ok(self.view()?.set_plugin_state(&name, value))
     }
 }
 

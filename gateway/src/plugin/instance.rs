@@ -1,12 +1,19 @@
 //! Loaded plugins, their instances, and the calls into them.
 //!
 //! A [`LoadedPlugin`] is one plugin version: its linked `PluginPre`, its settings and a pool
-//! of warm instances. A [`PluginInstance`] is a store plus the instantiated component, lent to
-//! one request at a time. Every call moves the request's view into the store, sets the CPU
-//! budget, calls the export, moves the view back, and classifies what went wrong if anything
-//! did. An instance that failed is never reused.
+//! of warm instances. A [`PluginInstance`] is a store plus the instantiated component, lent
+//! for one phase call (a plugin built for contract 1.0 keeps one instance for all phases of a
+//! request, as that version promised). Every call moves the request's view into the store,
+//! sets the CPU budget, calls the export, moves the view back, and classifies what went wrong
+//! if anything did. An instance that failed is never reused.
+//!
+//! The breaker: after `breaker_failures` consecutive failures the plugin is not called for
+//! `breaker_cooldown`; then exactly one request probes it. A failed probe keeps it open for
+//! twice as long (up to [`MAX_BACKOFF_FACTOR`] times the cool-down), a good one closes it.
+//! Failures that one request's own input caused (a memory or size failure on an input large
+//! for the plugin) apply `on_error` to that request but do not count.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +21,7 @@ use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
 use super::bindings::{types, Plugin, PluginPre};
 use super::engine::PluginEngine;
-use super::host::{HostServices, HostState, PluginIdentity};
+use super::host::{HostServices, HostState, Limits, PluginIdentity};
 use super::view::RequestView;
 use super::{FailureKind, PluginError, PluginFailure};
 use crate::config::{Isolation, OnError, PluginConfig};
@@ -23,6 +30,8 @@ use crate::config::{Isolation, OnError, PluginConfig};
 const MAX_IDLE_INSTANCES: usize = 64;
 /// `init` may use this many times the per-call CPU budget.
 const INIT_BUDGET_FACTOR: u32 = 20;
+/// The longest a breaker stays open after failed probes, in cool-downs.
+pub const MAX_BACKOFF_FACTOR: u32 = 16;
 
 /// The error a store's epoch callback raises when the guest used up its CPU budget.
 #[derive(Debug)]
@@ -50,6 +59,9 @@ pub struct LoadedPlugin {
     pub loaded_at: std::time::SystemTime,
     /// Which compiler made its code.
     pub tier: super::engine::Tier,
+    /// Built for contract 1.0: one instance serves all phases of a request (1.1 plugins keep
+    /// per-request data in `request-state` and get an instance per phase call).
+    pub pinned: bool,
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     pre: PluginPre<HostState>,
@@ -89,6 +101,7 @@ impl LoadedPlugin {
         pre: PluginPre<HostState>,
         content_hash: String,
         tier: super::engine::Tier,
+        pinned: bool,
     ) -> Result<Self, PluginError> {
         let config_json = serde_json::to_string(&config.config).map_err(|e| {
             PluginError::Init(format!(
@@ -112,6 +125,7 @@ impl LoadedPlugin {
             isolation: config.isolation,
             loaded_at: std::time::SystemTime::now(),
             tier,
+            pinned,
             engine,
             services,
             pre,
@@ -134,6 +148,7 @@ impl LoadedPlugin {
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
+        let limits = Limits::new(limits, self.memory_limit);
         let identity = PluginIdentity {
             name: Arc::clone(&self.name),
             return_limit: self.return_limit,
@@ -200,9 +215,9 @@ impl LoadedPlugin {
         })
     }
 
-    /// Returns an instance after a request: kept warm in pooled mode unless worn out.
-    pub fn give_back(&self, mut instance: PluginInstance) {
-        instance.uses += 1;
+    /// Returns an instance after a call: kept warm in pooled mode unless worn out (it served
+    /// `max_requests_per_instance` requests' `on-request`).
+    pub fn give_back(&self, instance: PluginInstance) {
         if instance.uses >= self.max_requests_per_instance {
             return;
         }
@@ -221,22 +236,40 @@ impl LoadedPlugin {
         }
     }
 
-    /// Whether a call may be made, or the breaker is open.
-    pub fn breaker_allows(&self) -> bool {
-        self.breaker.allows()
+    /// Whether `on-request` may call the plugin: yes, no (the breaker is open), or yes as the
+    /// one probe after a cool-down.
+    pub fn admit(&self) -> Admit {
+        self.breaker.admit()
     }
 
     /// Records the result of a call for the breaker.
-    pub fn record(&self, ok: bool) {
-        if ok {
-            self.breaker.success(&self.name);
+    pub fn record(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Ok => self.breaker.success(&self.name),
+            Verdict::Fault => {
+                let runtime = self.engine.runtime();
+                self.breaker.failure(
+                    &self.name,
+                    runtime.breaker_failures,
+                    runtime.breaker_cooldown.0,
+                );
+            }
+            Verdict::NotCounted => self.breaker.release_probe(),
+        }
+    }
+
+    /// How a failure on a request with `input_bytes` of client input counts for the breaker:
+    /// a memory or size failure on an input large for this plugin is the request's doing.
+    pub fn verdict_for(&self, failure: &PluginFailure, input_bytes: usize) -> Verdict {
+        let input_heavy = match failure.kind {
+            FailureKind::Memory => input_bytes.saturating_mul(16) >= self.memory_limit,
+            FailureKind::Oversized => input_bytes >= self.return_limit / 2,
+            _ => false,
+        };
+        if input_heavy {
+            Verdict::NotCounted
         } else {
-            let runtime = self.engine.runtime();
-            self.breaker.failure(
-                &self.name,
-                runtime.breaker_failures,
-                runtime.breaker_cooldown.0,
-            );
+            Verdict::Fault
         }
     }
 
@@ -285,6 +318,7 @@ impl PluginInstance {
         view: Box<RequestView>,
     ) -> (Box<RequestView>, Result<types::Decision, PluginFailure>) {
         let started = Instant::now();
+        self.uses += 1;
         self.begin(plugin, view);
         let result = self
             .bindings
@@ -386,40 +420,106 @@ fn classify(e: &wasmtime::Error) -> PluginFailure {
     PluginFailure { kind, message }
 }
 
-/// Opens after `threshold` consecutive failures and short-circuits the plugin for `cooldown`.
+/// What the breaker says about a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Closed: call the plugin.
+    Yes,
+    /// Open, cool-down over: this request is the one probe.
+    Probe,
+    /// Open: apply `on_error` without calling the plugin.
+    No,
+}
+
+/// How a call's result counts for the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It worked.
+    Ok,
+    /// The plugin failed.
+    Fault,
+    /// It failed because of the request's own input: not counted (a probe is given back).
+    NotCounted,
+}
+
+/// Opens after `threshold` consecutive failures and short-circuits the plugin for a cool-down;
+/// then admits exactly one probe, backing off while probes fail.
 #[derive(Default)]
 struct Breaker {
     consecutive: AtomicU32,
-    open_until: Mutex<Option<Instant>>,
+    /// Set while open or probing; the closed path reads only this and `consecutive`.
+    tripped: AtomicBool,
+    open: Mutex<OpenState>,
+}
+
+#[derive(Default)]
+struct OpenState {
+    until: Option<Instant>,
+    cooldown: Duration,
+    probing: bool,
 }
 
 impl Breaker {
-    fn allows(&self) -> bool {
-        match self.open_until.lock().ok().and_then(|o| *o) {
-            Some(until) => Instant::now() >= until,
-            None => true,
+    fn admit(&self) -> Admit {
+        if !self.tripped.load(Ordering::Acquire) {
+            return Admit::Yes;
+        }
+        let Ok(mut open) = self.open.lock() else {
+            return Admit::Yes;
+        };
+        match open.until {
+            None => Admit::Yes,
+            Some(until) if Instant::now() < until => Admit::No,
+            Some(_) if open.probing => Admit::No,
+            Some(_) => {
+                open.probing = true;
+                Admit::Probe
+            }
         }
     }
 
     fn success(&self, name: &str) {
-        if self.consecutive.swap(0, Ordering::Relaxed) > 0 {
-            if let Ok(mut open) = self.open_until.lock() {
-                if open.take().is_some() {
-                    tracing::warn!(target: "gateway::plugin", plugin = name, "breaker closed: the plugin works again");
-                }
+        if self.consecutive.load(Ordering::Relaxed) == 0 && !self.tripped.load(Ordering::Acquire) {
+            return;
+        }
+        self.consecutive.store(0, Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            if open.until.take().is_some() {
+                tracing::warn!(target: "gateway::plugin", plugin = name, "breaker closed: the plugin works again");
             }
+            open.probing = false;
+            open.cooldown = Duration::ZERO;
+            self.tripped.store(false, Ordering::Release);
         }
     }
 
     fn failure(&self, name: &str, threshold: u32, cooldown: Duration) {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= threshold.max(1) {
-            if let Ok(mut open) = self.open_until.lock() {
-                let was_open = open.is_some_and(|t| Instant::now() < t);
-                *open = Some(Instant::now() + cooldown);
-                if !was_open {
-                    tracing::error!(target: "gateway::plugin", plugin = name, failures = n, cooldown_s = cooldown.as_secs_f64(), "breaker open: the plugin keeps failing; applying its on_error policy without calling it");
-                }
+        let Ok(mut open) = self.open.lock() else {
+            return;
+        };
+        if open.probing {
+            open.probing = false;
+            open.cooldown = (open.cooldown * 2)
+                .max(cooldown)
+                .min(cooldown * MAX_BACKOFF_FACTOR);
+            open.until = Some(Instant::now() + open.cooldown);
+            tracing::error!(target: "gateway::plugin", plugin = name, cooldown_s = open.cooldown.as_secs_f64(), "breaker stays open: the probe request failed too");
+            return;
+        }
+        if open.until.is_none() && n >= threshold.max(1) {
+            open.cooldown = cooldown;
+            open.until = Some(Instant::now() + cooldown);
+            self.tripped.store(true, Ordering::Release);
+            tracing::error!(target: "gateway::plugin", plugin = name, failures = n, cooldown_s = cooldown.as_secs_f64(), "breaker open: the plugin keeps failing; applying its on_error policy without calling it");
+        }
+    }
+
+    /// A probe whose failure did not count: the next request probes instead.
+    fn release_probe(&self) {
+        if self.tripped.load(Ordering::Acquire) {
+            if let Ok(mut open) = self.open.lock() {
+                open.probing = false;
             }
         }
     }
@@ -434,16 +534,55 @@ mod tests {
         let b = Breaker::default();
         for _ in 0..2 {
             b.failure("p", 3, Duration::from_secs(60));
-            assert!(b.allows());
+            assert_eq!(b.admit(), Admit::Yes);
         }
         b.failure("p", 3, Duration::from_secs(60));
-        assert!(!b.allows());
+        assert_eq!(b.admit(), Admit::No);
         b.success("p");
-        assert!(b.allows());
+        assert_eq!(b.admit(), Admit::Yes);
+    }
+
+    #[test]
+    fn after_the_cooldown_exactly_one_request_probes() {
+        let b = Breaker::default();
         b.failure("p", 1, Duration::ZERO);
-        assert!(
-            b.allows(),
-            "a zero cooldown lets the next call through at once"
+        assert_eq!(b.admit(), Admit::Probe, "the cool-down is over");
+        for _ in 0..10 {
+            assert_eq!(b.admit(), Admit::No, "one probe at a time");
+        }
+        b.success("p");
+        assert_eq!(b.admit(), Admit::Yes, "a good probe closes it");
+    }
+
+    #[test]
+    fn failed_probes_back_off_and_uncounted_ones_hand_the_probe_on() {
+        let base = Duration::from_millis(20);
+        let b = Breaker::default();
+        b.failure("p", 1, base);
+        std::thread::sleep(base);
+        assert_eq!(b.admit(), Admit::Probe);
+        b.release_probe();
+        assert_eq!(
+            b.admit(),
+            Admit::Probe,
+            "an input-caused failure hands the probe on"
         );
+        b.failure("p", 1, base);
+        std::thread::sleep(base + Duration::from_millis(5));
+        assert_eq!(
+            b.admit(),
+            Admit::No,
+            "twice the cool-down after a failed probe"
+        );
+        std::thread::sleep(base);
+        assert_eq!(b.admit(), Admit::Probe);
+        for _ in 0..10 {
+            b.failure("p", 1, base);
+            if let Ok(open) = b.open.lock() {
+                assert!(open.cooldown <= base * MAX_BACKOFF_FACTOR);
+            }
+            b.open.lock().unwrap().until = Some(Instant::now());
+            assert_eq!(b.admit(), Admit::Probe);
+        }
     }
 }

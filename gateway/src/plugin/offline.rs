@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::bindings::types;
 use super::host::HostServices;
+use super::instance::{LoadedPlugin, PluginInstance};
 use super::view::{Phase, RequestView, ResponseView};
 use super::{PluginEngine, PluginError};
 use crate::config::{PluginConfig, PluginRuntimeConfig};
@@ -208,6 +209,7 @@ pub async fn run(
                 rh.append(n, v);
             }
         }
+        next_instance(&plugin, &mut instance).await?;
         view.phase = Phase::Response;
         view.response = Some(ResponseView {
             status: response.status,
@@ -265,6 +267,7 @@ pub async fn run(
             model_served: view.model.clone(),
             denied_by: denied.then(|| plugin.name.to_string()),
         };
+        next_instance(&plugin, &mut instance).await?;
         view.phase = Phase::Complete;
         let (_view, result) = instance.on_complete(&plugin, view, &completion).await;
         report.insert(
@@ -292,4 +295,17 @@ fn header_diff(before: &http::HeaderMap, after: &http::HeaderMap) -> serde_json:
         }
     }
     serde_json::json!({ "set": set, "removed": removed })
+}
+
+/// The instance for the next phase: as in the gateway, a plugin built for contract 1.1 gets
+/// another instance (a fresh one here, so that a plugin keeping one request's data in its
+/// memory instead of `request-state` shows it); a 1.0 plugin keeps its own.
+async fn next_instance(
+    plugin: &LoadedPlugin,
+    instance: &mut PluginInstance,
+) -> Result<(), PluginError> {
+    if !plugin.pinned {
+        *instance = plugin.instantiate().await?;
+    }
+    Ok(())
 }

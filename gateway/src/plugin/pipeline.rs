@@ -2,17 +2,22 @@
 //!
 //! `on-request` runs plugin by plugin until one denies. `on-response` runs for every plugin
 //! that ran `on-request`. `on-complete` runs for those same plugins after the request is over,
-//! on the background runtime so it never delays the client; their instances go back to the
-//! pool afterwards. A plugin failure (trap, timeout, memory, bad return) is logged with the
-//! plugin's name and then handled by its `on_error`: `deny` fails the request closed (503),
-//! `allow` skips the plugin. A failed instance is discarded, never reused.
+//! on the background runtime so it never delays the client. Each call borrows an instance from
+//! the plugin's pool and returns it at once, so the instances a gateway needs scale with the
+//! calls running at the same moment, not with the requests open (a stream holds none); what a
+//! plugin keeps between its phases travels in the request's view (`request-state`). Plugins
+//! built for contract 1.0 were promised one instance for the whole request and keep it.
+//!
+//! A plugin failure (trap, timeout, memory, bad return) is logged with the plugin's name and
+//! then handled by its `on_error`: `deny` fails the request closed (503), `allow` skips the
+//! plugin. A failed instance is discarded, never reused.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::bindings::types;
-use super::instance::{LoadedPlugin, PluginInstance};
+use super::instance::{Admit, LoadedPlugin, PluginInstance, Verdict};
 use super::view::{Phase, RequestView, ResponseView};
 use super::{FailureKind, PluginFailure};
 use crate::config::OnError;
@@ -99,7 +104,7 @@ impl Pipeline {
         view.generation = self.generation;
         PipelineRun {
             pipeline: Arc::clone(self),
-            instances: Vec::with_capacity(self.plugins.len()),
+            ran: Vec::with_capacity(self.plugins.len()),
             view: Some(view),
             denied_by: None,
         }
@@ -109,17 +114,26 @@ impl Pipeline {
 impl std::fmt::Debug for PipelineRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipelineRun")
-            .field("plugins", &self.instances.len())
+            .field("plugins", &self.ran.len())
             .field("denied_by", &self.denied_by)
             .finish()
     }
 }
 
+/// Where a plugin stands in one request's run.
+enum Slot {
+    /// Its `on-request` failed or was skipped: no later phase is called.
+    Skipped,
+    /// Its `on-request` ran: later phases are called, on the instance kept here for a plugin
+    /// built for contract 1.0, on one borrowed per call otherwise.
+    Ran(Option<PluginInstance>),
+}
+
 /// One request's run through the pipeline.
 pub struct PipelineRun {
     pipeline: Arc<Pipeline>,
-    /// For each plugin that ran `on-request`, its instance (none if it failed or was skipped).
-    instances: Vec<Option<PluginInstance>>,
+    /// For each plugin whose turn came in `on-request`, in order.
+    ran: Vec<Slot>,
     view: Option<Box<RequestView>>,
     denied_by: Option<String>,
 }
@@ -149,8 +163,8 @@ impl PipelineRun {
     pub async fn on_request(&mut self) -> Result<(), Denial> {
         let pipeline = Arc::clone(&self.pipeline);
         for plugin in pipeline.plugins.iter() {
-            if !plugin.breaker_allows() {
-                self.instances.push(None);
+            if plugin.admit() == Admit::No {
+                self.ran.push(Slot::Skipped);
                 let failure = PluginFailure {
                     kind: FailureKind::BreakerOpen,
                     message: "its breaker is open".into(),
@@ -161,8 +175,8 @@ impl PipelineRun {
             let mut instance = match plugin.checkout().await {
                 Ok(i) => i,
                 Err(failure) => {
-                    self.instances.push(None);
-                    plugin.record(false);
+                    self.ran.push(Slot::Skipped);
+                    plugin.record(Verdict::Fault);
                     self.fail(plugin, "on_request", &failure)?;
                     continue;
                 }
@@ -172,8 +186,8 @@ impl PipelineRun {
             self.view = Some(view);
             match result {
                 Ok(decision) => {
-                    plugin.record(true);
-                    self.instances.push(Some(instance));
+                    plugin.record(Verdict::Ok);
+                    self.ran.push(Slot::Ran(keep_or_return(plugin, instance)));
                     if let types::Decision::Deny(d) = decision {
                         self.denied_by = Some(plugin.name.to_string());
                         return Err(Denial {
@@ -186,8 +200,8 @@ impl PipelineRun {
                 }
                 Err(failure) => {
                     // The instance is dropped: a plugin that failed is never reused.
-                    self.instances.push(None);
-                    plugin.record(false);
+                    self.ran.push(Slot::Skipped);
+                    plugin.record(plugin.verdict_for(&failure, self.view().input_bytes()));
                     self.fail(plugin, "on_request", &failure)?;
                 }
             }
@@ -248,17 +262,32 @@ impl PipelineRun {
             });
         }
         let pipeline = Arc::clone(&self.pipeline);
-        for (plugin, slot) in pipeline.plugins.iter().zip(self.instances.iter_mut()) {
-            let Some(instance) = slot.as_mut() else {
+        for (plugin, slot) in pipeline.plugins.iter().zip(self.ran.iter_mut()) {
+            let Slot::Ran(kept) = slot else {
                 continue;
+            };
+            let mut instance = match lend(plugin, kept).await {
+                Ok(i) => i,
+                Err(failure) => {
+                    tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_response", failure = failure.kind.as_str(), "plugin failed; its response changes are skipped: {}", failure.message);
+                    *slot = Slot::Skipped;
+                    continue;
+                }
             };
             let view = self.view.take().expect("view present between calls");
             let (view, result) = instance.on_response(plugin, view).await;
+            let verdict = result
+                .as_ref()
+                .err()
+                .map(|failure| plugin.verdict_for(failure, view.input_bytes()));
             self.view = Some(view);
-            if let Err(failure) = result {
-                plugin.record(false);
-                *slot = None;
-                tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_response", failure = failure.kind.as_str(), "plugin failed; its response changes are skipped: {}", failure.message);
+            match result {
+                Ok(()) => *kept = keep_or_return(plugin, instance),
+                Err(failure) => {
+                    plugin.record(verdict.unwrap_or(Verdict::Fault));
+                    *slot = Slot::Skipped;
+                    tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_response", failure = failure.kind.as_str(), "plugin failed; its response changes are skipped: {}", failure.message);
+                }
             }
         }
         let view = self.view.as_mut().expect("view present between calls");
@@ -280,27 +309,56 @@ impl PipelineRun {
         });
     }
 
-    /// Runs `on-complete` for every plugin that ran, here and now, then returns the instances
-    /// to their pools. [`PipelineRun::complete`] is this, off the client's path.
+    /// Runs `on-complete` for every plugin that ran, here and now, each on an instance
+    /// borrowed for the call. [`PipelineRun::complete`] is this, off the client's path.
     pub async fn finish(mut self, completion: types::Completion) {
         let Some(mut view) = self.view.take() else {
             return;
         };
         view.phase = Phase::Complete;
-        let instances = std::mem::take(&mut self.instances);
-        for (plugin, instance) in self.pipeline.plugins.iter().zip(instances) {
-            let Some(mut instance) = instance else {
+        let ran = std::mem::take(&mut self.ran);
+        for (plugin, slot) in self.pipeline.plugins.iter().zip(ran) {
+            let Slot::Ran(mut kept) = slot else {
                 continue;
+            };
+            let mut instance = match lend(plugin, &mut kept).await {
+                Ok(i) => i,
+                Err(failure) => {
+                    tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_complete", failure = failure.kind.as_str(), request_id = %view.request_id, "plugin failed: {}", failure.message);
+                    continue;
+                }
             };
             let (back, result) = instance.on_complete(plugin, view, &completion).await;
             view = back;
             match result {
                 Ok(()) => plugin.give_back(instance),
                 Err(failure) => {
-                    plugin.record(false);
+                    plugin.record(plugin.verdict_for(&failure, view.input_bytes()));
                     tracing::warn!(target: "gateway::plugin", plugin = %plugin.name, phase = "on_complete", failure = failure.kind.as_str(), request_id = %view.request_id, "plugin failed: {}", failure.message);
                 }
             }
         }
+    }
+}
+
+/// After a good call: the instance stays with the request for a 1.0 plugin, and goes back to
+/// the pool otherwise.
+fn keep_or_return(plugin: &LoadedPlugin, instance: PluginInstance) -> Option<PluginInstance> {
+    if plugin.pinned {
+        Some(instance)
+    } else {
+        plugin.give_back(instance);
+        None
+    }
+}
+
+/// The instance for a later phase: the one a 1.0 plugin kept, or one borrowed from the pool.
+async fn lend(
+    plugin: &LoadedPlugin,
+    kept: &mut Option<PluginInstance>,
+) -> Result<PluginInstance, PluginFailure> {
+    match kept.take() {
+        Some(instance) => Ok(instance),
+        None => plugin.checkout().await,
     }
 }

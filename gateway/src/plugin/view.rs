@@ -70,6 +70,9 @@ pub struct RequestView {
     pub response: Option<ResponseView>,
     /// The configuration generation serving the request.
     pub generation: u64,
+    /// What each plugin keeps for this request between its phases (`request-state`), by
+    /// plugin name. A handful of entries at most, so a list.
+    plugin_state: Vec<(std::sync::Arc<str>, Vec<u8>)>,
     body: Bytes,
     body_json: Option<Option<serde_json::Value>>,
     body_scans: u8,
@@ -195,6 +198,7 @@ impl RequestView {
             phase: Phase::Request,
             response: None,
             generation: 0,
+            plugin_state: Vec::new(),
             body,
             body_json: None,
             body_scans: 0,
@@ -204,6 +208,48 @@ impl RequestView {
     /// The request body (never copied into a plugin unless it asks through `body-json`).
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// Bytes of client input a plugin may be handed: path, headers and body. A plugin that
+    /// runs out of memory on a request this large relative to its memory limit is put down
+    /// to the request, not to the plugin (see [`super::instance`]).
+    pub fn input_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        self.path.len() + headers + self.body.len()
+    }
+
+    /// What `plugin` stored for this request.
+    pub(super) fn plugin_state(&self, plugin: &str) -> Option<&[u8]> {
+        self.plugin_state
+            .iter()
+            .find(|(name, _)| &**name == plugin)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Stores `value` for `plugin` (in `on-request` and `on-response`).
+    pub(super) fn set_plugin_state(
+        &mut self,
+        plugin: &std::sync::Arc<str>,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        if self.phase == Phase::Complete {
+            return Err("request state can only be set in on-request and on-response".into());
+        }
+        match self
+            .plugin_state
+            .iter_mut()
+            .find(|(name, _)| name == plugin)
+        {
+            Some((_, slot)) => *slot = value,
+            None => self
+                .plugin_state
+                .push((std::sync::Arc::clone(plugin), value)),
+        }
+        Ok(())
     }
 
     pub(super) fn front_door_wit(&self) -> types::FrontDoor {

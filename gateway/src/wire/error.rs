@@ -28,6 +28,18 @@ pub enum GatewayError {
         /// The configured limit in bytes.
         limit: u64,
     },
+    /// The request head is larger than `server.max_request_headers`.
+    #[error("the request's headers are larger than the gateway's limit of {limit} bytes")]
+    HeadersTooLarge {
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// The request body did not arrive within `server.client_body_timeout`.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// The gateway stopped before the request could be answered.
+    #[error("{0}")]
+    ShuttingDown(String),
     /// Nothing is served at this path.
     #[error("{0}")]
     NotFound(String),
@@ -79,6 +91,9 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => 400,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::HeadersTooLarge { .. } => 431,
+            GatewayError::BodyTimeout(_) => 408,
+            GatewayError::ShuttingDown(_) => 503,
             GatewayError::NotFound(_) => 404,
             GatewayError::Forbidden(_) => 403,
             GatewayError::Throttled { .. } => 429,
@@ -112,9 +127,11 @@ impl GatewayError {
 
     fn render_bedrock(&self) -> ErrorResponse {
         let name = match self {
-            GatewayError::BadRequest(_) | GatewayError::BodyTooLarge { .. } => {
-                "ValidationException"
-            }
+            GatewayError::BadRequest(_)
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::HeadersTooLarge { .. }
+            | GatewayError::BodyTimeout(_) => "ValidationException",
+            GatewayError::ShuttingDown(_) => "ServiceUnavailableException",
             GatewayError::NotFound(_) => "ResourceNotFoundException",
             GatewayError::Forbidden(_) => "AccessDeniedException",
             GatewayError::Throttled { .. } => "ThrottlingException",
@@ -153,7 +170,7 @@ pub fn bedrock_error_name(status: u16) -> &'static str {
 /// The Vertex AI (Google RPC) status name for an HTTP status.
 pub fn vertex_status_name(status: u16) -> &'static str {
     match status {
-        400 | 413 => "INVALID_ARGUMENT",
+        400 | 413 | 431 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",

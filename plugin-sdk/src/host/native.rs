@@ -75,6 +75,8 @@ pub(crate) struct RequestState {
     pub headers_set: Vec<(String, String)>,
     pub headers_removed: Vec<String>,
     pub model_rewritten: bool,
+    /// What the plugin keeps for this request between phases (`request-state`).
+    pub plugin_state: Option<Vec<u8>>,
 }
 
 impl Default for RequestState {
@@ -95,6 +97,7 @@ impl Default for RequestState {
             headers_set: Vec::new(),
             headers_removed: Vec::new(),
             model_rewritten: false,
+            plugin_state: None,
         }
     }
 }
@@ -344,6 +347,29 @@ pub(crate) fn body_json(pointer: &str) -> Option<String> {
         let body: serde_json::Value = serde_json::from_str(r.body.as_deref()?).ok()?;
         let text = body.pointer(pointer)?.to_string();
         (text.len() <= BODY_JSON_LIMIT).then_some(text)
+    })
+}
+
+/// As the gateway's default return limit: the most a plugin keeps per request.
+const REQUEST_STATE_LIMIT: usize = 64 * 1024;
+
+pub(crate) fn request_state_get() -> Option<Vec<u8>> {
+    with_request(|r, _| r.plugin_state.clone())
+}
+
+pub(crate) fn request_state_set(value: &[u8]) -> Result<(), String> {
+    with_request(|r, phase| {
+        if phase == Phase::Complete {
+            return Err("request state can only be set in on-request and on-response".into());
+        }
+        if value.len() > REQUEST_STATE_LIMIT {
+            return Err(format!(
+                "request state is {} bytes, over the plugin's limit of {REQUEST_STATE_LIMIT}",
+                value.len()
+            ));
+        }
+        r.plugin_state = Some(value.to_vec());
+        Ok(())
     })
 }
 

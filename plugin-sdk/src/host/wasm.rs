@@ -15,7 +15,7 @@ pub mod bindings {
 }
 
 use bindings::llm_gateway::plugin::{
-    audit, clock, jwt, log as wit_log, metrics, request, response, state, types,
+    audit, clock, jwt, log as wit_log, metrics, request, request_state, response, state, types,
 };
 
 use crate::jwt::{Key, Validation};
@@ -108,6 +108,14 @@ pub(crate) fn set_metadata(key: &str, value: &str) -> Result<(), String> {
 
 pub(crate) fn body_json(pointer: &str) -> Option<String> {
     request::body_json(pointer)
+}
+
+pub(crate) fn request_state_get() -> Option<Vec<u8>> {
+    request_state::get()
+}
+
+pub(crate) fn request_state_set(value: &[u8]) -> Result<(), String> {
+    request_state::set(value)
 }
 
 pub(crate) fn response_status() -> u16 {

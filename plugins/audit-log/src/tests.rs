@@ -218,3 +218,222 @@ fn failover_attempts_set_by_the_host_are_recorded() {
         "bedrock-use1:429 vertex-east5:200"
     );
 }
+
+/// 70 KB of client input: more than a whole record may hold.
+fn huge(c: char) -> String {
+    std::iter::repeat_n(c, 70_000).collect()
+}
+
+/// The one record written, checked to be within `limit` bytes.
+fn only_record(h: &TestHost<AuditLog>, limit: usize) -> &Value {
+    assert_eq!(h.audit_records().len(), 1);
+    let r = &h.audit_records()[0];
+    let size = r.to_string().len();
+    assert!(size <= limit, "the record is {size} bytes, over {limit}");
+    r
+}
+
+fn run(h: &mut TestHost<AuditLog>, req: MockRequest) {
+    let mut ex = h.on_request(req);
+    h.on_response(&mut ex, MockResponse::new(200));
+    h.on_complete(&mut ex, &completion());
+}
+
+const LIMIT: usize = 60 * 1024;
+
+#[test]
+fn a_huge_user_agent_is_cut_and_marked() {
+    let mut h = host(json!({}));
+    let req = MockRequest::bedrock_invoke("us.anthropic.claude-opus-4-5")
+        .header("user-agent", &huge('a'))
+        .header("x-claude-code-session-id", "sess-42");
+    run(&mut h, req);
+    let r = only_record(&h, LIMIT);
+    assert_eq!(r["user_agent"], "a".repeat(1024));
+    assert_eq!(r["truncated"], json!(["user_agent"]));
+    assert_eq!(r["session_id"], "sess-42");
+    assert_eq!(r["input_tokens"], 1000);
+}
+
+#[test]
+fn a_huge_session_header_is_cut_and_marked() {
+    let mut h = host(json!({}));
+    let req = MockRequest::bedrock_invoke("us.anthropic.claude-opus-4-5")
+        .header("x-claude-code-session-id", &huge('s'));
+    run(&mut h, req);
+    let r = only_record(&h, LIMIT);
+    assert_eq!(r["session_id"], "s".repeat(256));
+    assert_eq!(r["truncated"], json!(["session_id"]));
+}
+
+#[test]
+fn a_huge_recorded_header_value_is_cut_and_marked() {
+    let mut h = host(json!({"headers": ["x-app", "anthropic-beta"]}));
+    run(&mut h, request().header("x-app", &huge('h')));
+    let r = only_record(&h, LIMIT);
+    assert_eq!(r["headers"]["x-app"], "h".repeat(1024));
+    assert_eq!(r["headers"]["anthropic-beta"], "context-1m");
+    assert_eq!(r["truncated"], json!(["headers.x-app"]));
+}
+
+#[test]
+fn a_huge_metadata_value_is_cut_and_marked() {
+    let mut h = host(json!({}));
+    run(&mut h, request().metadata("gateway.attempts", &huge('m')));
+    let r = only_record(&h, LIMIT);
+    assert_eq!(r["attempts"], "m".repeat(1024));
+    assert_eq!(r["truncated"], json!(["attempts"]));
+}
+
+#[test]
+fn huge_identity_and_models_are_cut_and_still_priced_by_the_model_served() {
+    let mut h = host(json!({}));
+    let model = format!("us.anthropic.claude-opus-4-5{}", huge('x'));
+    let req = MockRequest::bedrock_invoke(&model)
+        .identity(&huge('p'), Some(&huge('t')))
+        .request_id(&huge('r'))
+        .client_address(&huge('1'));
+    let mut ex = h.on_request(req);
+    let mut done = completion();
+    done.model_served = Some(format!("us.anthropic.claude-sonnet-4-5{}", huge('y')));
+    done.backend = Some(huge('b'));
+    done.denied_by = Some(huge('d'));
+    h.on_complete(&mut ex, &done);
+    let r = only_record(&h, LIMIT);
+    for field in [
+        "request_id",
+        "principal",
+        "team",
+        "client_address",
+        "backend",
+    ] {
+        assert_eq!(r[field].as_str().unwrap().len(), 256, "{field}");
+    }
+    assert!(r["model_requested"]
+        .as_str()
+        .unwrap()
+        .starts_with("us.anthropic.claude-opus-4-5xxx"));
+    assert_eq!(r["model_served"].as_str().unwrap().len(), 256);
+    assert_eq!(
+        r["truncated"],
+        json!([
+            "request_id",
+            "principal",
+            "team",
+            "client_address",
+            "backend",
+            "model_requested",
+            "model_served",
+            "denied_by"
+        ])
+    );
+    // Priced as in `one_record_with_every_field`: the full model served is sonnet.
+    assert_eq!(r["cost_usd"], 0.051);
+}
+
+#[test]
+fn cuts_fall_on_character_boundaries_and_count_json_escapes() {
+    // 2-byte characters: 1024 / 2 of them.
+    assert_eq!(cut(&"é".repeat(1000), 1023), Some("é".repeat(511).as_str()));
+    // Escaped quotes take 2 bytes, control characters 6.
+    assert_eq!(cut(&"\"".repeat(10), 5), Some("\"\"".to_string().as_str()));
+    assert_eq!(cut("ab\u{1}c", 7), Some("ab"));
+    assert_eq!(cut("ab\u{1}c", 8), Some("ab\u{1}"));
+    assert_eq!(cut("short", 5), None);
+    for value in [huge('"'), huge('\u{2}'), huge('€'), huge('a')] {
+        let short = cut(&value, 1024).unwrap();
+        let written = serde_json::to_string(short).unwrap().len() - 2;
+        assert!(written <= 1024 && written > 1024 - 6, "{written}");
+    }
+}
+
+/// A request where everything the client controls is huge.
+fn hostile() -> MockRequest {
+    MockRequest::bedrock_invoke(&huge('x'))
+        .operation(Operation::ConverseStream)
+        .identity(&huge('"'), Some(&huge('\u{1}')))
+        .request_id(&huge('r'))
+        .client_address(&huge('1'))
+        .header("user-agent", &huge('\\'))
+        .header("x-claude-code-session-id", &huge('s'))
+        .header("x-app", &huge('é'))
+        .metadata("gateway.attempts", &huge('m'))
+        .body_json(json!({"messages": [{"role": "user", "content": huge('b')}]}))
+}
+
+fn hostile_completion() -> Completion {
+    let mut c = completion();
+    // As many digits as the usage can have (the sum must still fit a u64).
+    let tokens = u64::MAX / 4;
+    c.usage = Usage {
+        input_tokens: tokens,
+        output_tokens: tokens,
+        cache_read_tokens: tokens,
+        cache_write_tokens: tokens,
+    };
+    c.latency_ms = u64::MAX;
+    c.time_to_first_token_ms = Some(u64::MAX);
+    c.request_bytes = u64::MAX;
+    c.response_bytes = u64::MAX;
+    // Priced (sonnet), so the cost is a long number too.
+    c.model_served = Some(format!("sonnet{}", huge('y')));
+    c.backend = Some(huge('b'));
+    c.denied_by = Some(huge('d'));
+    c
+}
+
+#[test]
+fn a_record_with_everything_huge_and_a_captured_body_stays_under_the_limit() {
+    let mut h = host(json!({"capture_bodies": true, "headers": ["x-app"]}));
+    let mut ex = h.on_request(hostile());
+    h.on_complete(&mut ex, &hostile_completion());
+    let r = only_record(&h, LIMIT);
+    assert!(r.get("request_body").is_none());
+    assert!(r["request_body_omitted"]
+        .as_str()
+        .unwrap()
+        .contains("over max_record_bytes"));
+    assert_eq!(
+        r["user_agent"].as_str().unwrap().len(),
+        512,
+        "\\ escapes to 2 bytes"
+    );
+    assert_eq!(r["headers"]["x-app"].as_str().unwrap().len(), 1024);
+    assert_eq!(r["truncated"].as_array().unwrap().len(), 12);
+}
+
+#[test]
+fn tighter_caps_keep_a_record_under_a_small_limit_or_many_headers() {
+    // Many recorded headers, each at its cap: the headers go, the rest is cut harder.
+    let names: Vec<String> = (0..80).map(|i| format!("x-h{i}")).collect();
+    let mut h = host(json!({"headers": names}));
+    let mut req = request();
+    for name in &names {
+        req = req.header(name, &huge('v'));
+    }
+    run(&mut h, req);
+    let r = only_record(&h, LIMIT);
+    assert!(r.get("headers").is_none());
+    let truncated = r["truncated"].as_array().unwrap();
+    assert!(truncated.contains(&json!("headers")), "{truncated:?}");
+    assert_eq!(r["request_id"], "req-1");
+    assert_eq!(r["user_agent"], "claude-cli/2.0.0 (external, cli)");
+
+    // The smallest limit allowed, with everything huge: still exactly one record under it.
+    for limit in [1024, 2048, 4096] {
+        let mut h =
+            host(json!({"capture_bodies": true, "headers": ["x-app"], "max_record_bytes": limit}));
+        let mut ex = h.on_request(hostile());
+        h.on_complete(&mut ex, &hostile_completion());
+        let r = only_record(&h, limit);
+        assert_eq!(r["input_tokens"], u64::MAX / 4, "{limit}");
+        assert!(
+            r["request_id"].as_str().unwrap().starts_with("rrrr"),
+            "{limit}"
+        );
+        assert!(r["truncated"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("principal")));
+    }
+}

@@ -22,6 +22,7 @@ use plugin_common::calendar::{month_key, next_month_start_ms, rfc3339};
 use plugin_common::config;
 use plugin_common::matcher::{Match, RequestFacts};
 use plugin_common::pricing::{micro_to_usd, usd_to_micro, PriceTable};
+use serde::{Deserialize, Serialize};
 
 const MINUTE_MS: u64 = 60_000;
 /// Per-minute token counters live two minutes (the current one and the sliding previous one).
@@ -69,7 +70,7 @@ struct Estimate {
 }
 
 /// A token charge to settle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct TpmCharge {
     prefix: String,
     minute: u64,
@@ -77,20 +78,33 @@ struct TpmCharge {
 }
 
 /// A stream slot to release.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct StreamHold {
     prefix: String,
     epoch: u64,
 }
 
 /// What on_request took, for on_complete to settle.
-#[derive(Debug, Clone, Default)]
+///
+/// Kept in the request's state (held by the host, as JSON), not in the plugin: the gateway
+/// lends an instance for one phase call, so on_complete may run on another instance than
+/// on_request, after other requests' phases. The counter keys are stored whole, so a
+/// request settles exactly what it took even if the rules changed (a reload) meanwhile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Pending {
-    request_id: String,
     tpm: Vec<TpmCharge>,
     streams: Vec<StreamHold>,
+    /// Budget counter keys, with their TTL in ms.
     budgets: Vec<(String, u64)>,
+    /// The metric label of the request's team (`none` without one).
     team: String,
+}
+
+impl Pending {
+    /// Whether on_complete has anything to settle.
+    fn holds_anything(&self) -> bool {
+        !(self.tpm.is_empty() && self.streams.is_empty() && self.budgets.is_empty())
+    }
 }
 
 /// The plugin.
@@ -102,16 +116,7 @@ pub struct RateLimit {
     tpm_cache_tokens: CacheCount,
     fail_open: bool,
     stream_ttl_ms: u64,
-    /// The request on_request is working on.
-    pending: Pending,
-    /// What admitted requests hold until their on_complete. The gateway lends an instance
-    /// to one request for all its phases, so this holds at most one entry there; it is a
-    /// short list so that interleaved requests (unit tests) settle correctly too.
-    in_flight: Vec<Pending>,
 }
-
-/// The most requests one instance remembers between on_request and on_complete.
-const MAX_IN_FLIGHT: usize = 16;
 
 /// Why a check could not be made (the state store failed).
 struct StoreDown(String);
@@ -300,16 +305,10 @@ impl Plugin for RateLimit {
             tpm_cache_tokens,
             fail_open: config::opt_bool(map, "fail_open", what)?.unwrap_or(true),
             stream_ttl_ms: positive(map, "stream_ttl_seconds", what)?.unwrap_or(600) * 1000,
-            pending: Pending::default(),
-            in_flight: Vec::new(),
         })
     }
 
     fn on_request(&mut self, req: &mut Request) -> Decision {
-        self.pending = Pending {
-            request_id: req.request_id(),
-            ..Pending::default()
-        };
         let facts = RequestFacts::read(req);
         let subject = facts.subject();
         let matched: Vec<usize> = (0..self.rules.len())
@@ -318,58 +317,47 @@ impl Plugin for RateLimit {
         if matched.is_empty() {
             return Decision::Continue;
         }
-        self.pending.team = facts.team.clone().unwrap_or_else(|| "none".into());
-        match self.check(req, &facts, &matched) {
+        let mut pending = Pending {
+            team: facts.team.clone().unwrap_or_else(|| "none".into()),
+            ..Pending::default()
+        };
+        match self.check(req, &facts, &matched, &mut pending) {
             Ok(Decision::Continue) => {
-                let pending = std::mem::take(&mut self.pending);
-                if !(pending.tpm.is_empty()
-                    && pending.streams.is_empty()
-                    && pending.budgets.is_empty())
-                {
-                    if self.in_flight.len() >= MAX_IN_FLIGHT {
-                        self.in_flight.remove(0);
-                    }
-                    self.in_flight.push(pending);
+                if !pending.holds_anything() {
+                    return Decision::Continue;
                 }
-                Decision::Continue
+                match req.set_state(&pending) {
+                    Ok(()) => Decision::Continue,
+                    // Unsettled charges would hold stream slots and estimates until their
+                    // counters expire: give them back and treat it like a store failure.
+                    Err(e) => {
+                        self.undo(&pending);
+                        self.unavailable("could not keep the request's charges", e.message())
+                    }
+                }
             }
             Ok(denial) => {
-                self.undo();
+                self.undo(&pending);
                 denial
             }
             Err(StoreDown(e)) => {
-                self.undo();
-                let _ = metrics::counter_add("store_errors_total", &[], 1);
-                if self.fail_open {
-                    log::warn(&format!("state store unavailable, not limiting: {e}"));
-                    Decision::Continue
-                } else {
-                    log::error(&format!("state store unavailable, refusing: {e}"));
-                    Decision::deny(
-                        503,
-                        "the gateway's rate limiter is unavailable; try again shortly",
-                    )
-                    .with_retry_after(STORE_DOWN_RETRY_SECONDS)
-                }
+                self.undo(&pending);
+                self.unavailable("state store unavailable", &e)
             }
         }
     }
 
     fn on_complete(&mut self, completion: &Completion) {
-        let request_id = completion.request().request_id();
-        let Some(at) = self
-            .in_flight
-            .iter()
-            .position(|p| p.request_id == request_id)
-        else {
+        // Nothing stored: no rule matched, the request was refused (and undone), or it took
+        // nothing to settle.
+        let Some(pending) = completion.request().state::<Pending>() else {
             return;
         };
-        let pending = self.in_flight.remove(at);
         if let Err(StoreDown(e)) = self.settle(&pending, completion) {
             let _ = metrics::counter_add("store_errors_total", &[], 1);
             log::warn(&format!(
                 "could not settle request {}: {e}",
-                pending.request_id
+                completion.request().request_id()
             ));
         }
     }
@@ -397,13 +385,26 @@ impl RateLimit {
         }
     }
 
-    fn denied(&self, kind: &str, message: String, retry_after: u32) -> Decision {
-        let _ = metrics::counter_add(
-            "denied_total",
-            &[("limit", kind), ("team", &self.pending.team)],
-            1,
-        );
+    fn denied(&self, kind: &str, team: &str, message: String, retry_after: u32) -> Decision {
+        let _ = metrics::counter_add("denied_total", &[("limit", kind), ("team", team)], 1);
         Decision::too_many_requests(message, retry_after)
+    }
+
+    /// The request could not be limited (`what`, because of `error`): let it through or
+    /// refuse it, per `fail_open`.
+    fn unavailable(&self, what: &str, error: &str) -> Decision {
+        let _ = metrics::counter_add("store_errors_total", &[], 1);
+        if self.fail_open {
+            log::warn(&format!("{what}, not limiting: {error}"));
+            Decision::Continue
+        } else {
+            log::error(&format!("{what}, refusing: {error}"));
+            Decision::deny(
+                503,
+                "the gateway's rate limiter is unavailable; try again shortly",
+            )
+            .with_retry_after(STORE_DOWN_RETRY_SECONDS)
+        }
     }
 
     /// The token estimate of a request: body bytes / bytes_per_token (capped) plus its
@@ -435,11 +436,14 @@ impl RateLimit {
         }
     }
 
+    /// Checks every matched rule, recording in `pending` what it takes (to settle in
+    /// on_complete, or to undo if the request is refused).
     fn check(
-        &mut self,
+        &self,
         req: &mut Request,
         facts: &RequestFacts,
         matched: &[usize],
+        pending: &mut Pending,
     ) -> Result<Decision, StoreDown> {
         let now = clock::now_ms();
         let op = req.operation();
@@ -457,7 +461,7 @@ impl RateLimit {
                 };
                 let key = format!("{}:{month}", self.prefix("budget", rule, facts));
                 let spent = state::get(&key)?.unwrap_or(0).max(0) as u64;
-                self.pending
+                pending
                     .budgets
                     .push((key, month_end - now + BUDGET_GRACE_MS));
                 if spent < budget {
@@ -476,7 +480,12 @@ impl RateLimit {
                             rule.name,
                             rfc3339(month_end),
                         );
-                        return Ok(self.denied("budget", message, secs(month_end - now)));
+                        return Ok(self.denied(
+                            "budget",
+                            &pending.team,
+                            message,
+                            secs(month_end - now),
+                        ));
                     }
                 }
             }
@@ -487,6 +496,7 @@ impl RateLimit {
                         log::error(&format!("could not downgrade to {to}: {e}"));
                         return Ok(self.denied(
                             "budget",
+                            &pending.team,
                             "monthly budget exhausted and the downgrade model is not usable".into(),
                             secs(month_end - now),
                         ));
@@ -495,16 +505,12 @@ impl RateLimit {
                         "rate_limit_downgraded_from",
                         facts.model.as_deref().unwrap_or("-"),
                     );
-                    let _ = metrics::counter_add(
-                        "downgraded_total",
-                        &[("team", &self.pending.team)],
-                        1,
-                    );
+                    let _ = metrics::counter_add("downgraded_total", &[("team", &pending.team)], 1);
                     log::info(&format!(
                         "over budget: {} -> {to} for {} (request {})",
                         facts.model.as_deref().unwrap_or("-"),
                         facts.principal.as_deref().unwrap_or("anonymous"),
-                        self.pending.request_id
+                        req.request_id()
                     ));
                 }
             }
@@ -532,9 +538,14 @@ impl RateLimit {
                         Self::who(rule, facts),
                         rule.name
                     );
-                    return Ok(self.denied("concurrent_streams", message, STREAM_RETRY_SECONDS));
+                    return Ok(self.denied(
+                        "concurrent_streams",
+                        &pending.team,
+                        message,
+                        STREAM_RETRY_SECONDS,
+                    ));
                 }
-                self.pending.streams.push(StreamHold { prefix, epoch });
+                pending.streams.push(StreamHold { prefix, epoch });
             }
         }
 
@@ -588,9 +599,14 @@ impl RateLimit {
                         rule.name,
                         secs(retry_ms)
                     );
-                    return Ok(self.denied("tokens_per_minute", message, secs(retry_ms)));
+                    return Ok(self.denied(
+                        "tokens_per_minute",
+                        &pending.team,
+                        message,
+                        secs(retry_ms),
+                    ));
                 }
-                self.pending.tpm.push(TpmCharge {
+                pending.tpm.push(TpmCharge {
                     prefix,
                     minute,
                     amount: charge as i64,
@@ -615,6 +631,7 @@ impl RateLimit {
                 );
                 return Ok(self.denied(
                     "requests_per_minute",
+                    &pending.team,
                     message,
                     check.retry_after_seconds().max(1),
                 ));
@@ -624,8 +641,7 @@ impl RateLimit {
     }
 
     /// Gives back what a refused request took (stream slots, token charges).
-    fn undo(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
+    fn undo(&self, pending: &Pending) {
         for hold in &pending.streams {
             let _ = state::incr(
                 &format!("{}:{}", hold.prefix, hold.epoch),
@@ -640,11 +656,6 @@ impl RateLimit {
                 TPM_TTL_MS,
             );
         }
-        self.pending = Pending {
-            request_id: pending.request_id,
-            team: pending.team,
-            ..Pending::default()
-        };
     }
 
     fn settle(&mut self, pending: &Pending, c: &Completion) -> Result<(), StoreDown> {

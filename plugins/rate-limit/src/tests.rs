@@ -399,3 +399,77 @@ fn default_rule_names_and_config_errors() {
         assert!(TestHost::<RateLimit>::new(bad.clone()).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn interleaved_requests_each_settle_their_own_charges_on_any_instance() {
+    let rules = json!([{
+        "match": {}, "tokens_per_minute": 100_000, "max_concurrent_streams": 4,
+        "budget_usd": 100.0, "name": "r",
+    }]);
+    let mut h = host(rules.clone());
+    let epoch = NOW_MS / 600_000;
+    let tpm = |p: &str| format!("tpm:r:p:{p}:{MINUTE}");
+    let streams = |p: &str| format!("streams:r:p:{p}:{epoch}");
+    let budget = |p: &str| format!("budget:r:p:{p}:2025-06");
+
+    // A (alice, opus) and B (bob, sonnet) are both in flight on one instance.
+    let mut a = h.on_request(stream("alice").body_json(body(1_000, 100)));
+    let mut b = h.on_request(
+        MockRequest::bedrock_invoke(SONNET)
+            .identity("bob", Some("research"))
+            .operation(Operation::Stream)
+            .body_json(body(2_000, 100)),
+    );
+    assert!(!a.is_denied() && !b.is_denied());
+    let b_estimate = h.state_counter(&tpm("bob")).unwrap();
+    assert!(b_estimate > 2_000, "{b_estimate}");
+    assert_eq!(h.state_counter(&streams("alice")), Some(1));
+    assert_eq!(h.state_counter(&streams("bob")), Some(1));
+
+    // A completes first: only alice's charges settle.
+    h.on_complete(&mut a, &ok(usage(100, 50, 0, 0)));
+    assert_eq!(h.state_counter(&tpm("alice")), Some(150));
+    assert_eq!(h.state_counter(&streams("alice")), Some(0));
+    // opus: 100 * 15 + 50 * 75 micro-USD
+    assert_eq!(h.state_counter(&budget("alice")), Some(1_500 + 3_750));
+    assert_eq!(h.state_counter(&tpm("bob")), Some(b_estimate));
+    assert_eq!(h.state_counter(&streams("bob")), Some(1));
+    assert_eq!(h.state_counter(&budget("bob")), None);
+
+    // B completes on another instance (the gateway lends one per phase call): what B took
+    // travels with the request, not in the plugin's memory.
+    let mut other = host(rules);
+    std::mem::swap(h.plugin_mut(), other.plugin_mut());
+    h.on_complete(&mut b, &ok(usage(200, 100, 0, 0)));
+    assert_eq!(h.state_counter(&tpm("bob")), Some(300));
+    assert_eq!(h.state_counter(&streams("bob")), Some(0));
+    // sonnet: 200 * 3 + 100 * 15 micro-USD
+    assert_eq!(h.state_counter(&budget("bob")), Some(600 + 1_500));
+    assert_eq!(
+        h.counter("spent_micro_usd_total", &[("team", "research")]),
+        5_250 + 2_100
+    );
+    // Alice's counters did not move.
+    assert_eq!(h.state_counter(&tpm("alice")), Some(150));
+    assert_eq!(h.state_counter(&streams("alice")), Some(0));
+}
+
+#[test]
+fn refused_and_unmatched_requests_leave_nothing_to_settle() {
+    let mut h =
+        host(json!([{"match": {"team": "research"}, "max_concurrent_streams": 1, "name": "s"}]));
+    let epoch = NOW_MS / 600_000;
+    let key = format!("streams:s:p:alice:{epoch}");
+    let mut held = h.on_request(stream("alice"));
+    let mut refused = h.on_request(stream("alice"));
+    assert!(refused.is_denied());
+    let mut unmatched = h.on_request(req("alice", None).operation(Operation::Stream));
+    assert!(!unmatched.is_denied());
+    assert_eq!(h.state_counter(&key), Some(1));
+    // Completing the refused and the unmatched request releases nothing; the held one does.
+    h.on_complete(&mut refused, &Completion::new(429, Outcome::Denied));
+    h.on_complete(&mut unmatched, &ok(Usage::default()));
+    assert_eq!(h.state_counter(&key), Some(1));
+    h.on_complete(&mut held, &ok(Usage::default()));
+    assert_eq!(h.state_counter(&key), Some(0));
+}

@@ -94,6 +94,8 @@ impl Plugin for Probe {
         }
 
         let _ = req.set_identity("probe-user", Some("probe-team"));
+        // Per-request state, read back in on_complete (which may run on another instance).
+        let _ = req.set_state(&json!({ "rid": req.request_id() }));
         let _ = req.set_metadata("probe", "1");
         let _ = req.set_metadata("now_ms", &clock::now_ms().to_string());
         let identity = format!(
@@ -188,6 +190,7 @@ impl Plugin for Probe {
             "model_served": completion.model_served,
             "principal": req.principal(),
             "sub": req.metadata("sub"),
+            "state": req.state::<Value>(),
         });
         if let Err(e) = audit::emit(&record) {
             log::error(&format!("audit emit failed: {e}"));
