@@ -91,7 +91,11 @@ impl Lifecycle {
         let before = self.connections.fetch_add(1, Ordering::AcqRel);
         let guard = ConnectionGuard(Arc::clone(self));
         if before >= self.max_connections {
-            if self.refused.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+            if self
+                .refused
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+            {
                 tracing::warn!(
                     max_connections = self.max_connections,
                     "client connection refused: server.max_connections are open"

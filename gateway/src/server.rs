@@ -137,6 +137,7 @@ fn raise_open_file_limit(max_connections: usize) {
             limit = raised;
         }
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
     let open_files = limit.rlim_cur as u64;
     tracing::info!(open_files, "open-file limit");
     let needed = 2 * max_connections as u64 + 256;
