@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 
-use crate::config::{BackendKind, ModelConfig};
+use crate::config::ModelConfig;
+use crate::protocol::BackendKind;
 
 /// One logical model.
 #[derive(Debug, Clone, PartialEq, Eq)]

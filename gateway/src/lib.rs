@@ -8,7 +8,7 @@
 //! 2. The front door for the path prefix ([`frontdoor`]) turns method and path into a
 //!    [`frontdoor::RequestInfo`]: the client's protocol, the operation, the model ID and the
 //!    path to send upstream. Malformed requests stop here with an error in the client's shape
-//!    ([`wire::error`]).
+//!    ([`protocol::error`]).
 //! 3. The body is read, up to `server.max_request_body`.
 //! 4. [`upstream::Upstreams`] picks the backend and prepares the upstream request: client
 //!    credentials and hop-by-hop headers are dropped, everything else (including
@@ -35,6 +35,7 @@ pub mod frontdoor;
 pub mod lifecycle;
 pub mod metrics;
 pub mod plugin;
+pub mod protocol;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -40,11 +40,11 @@ use arc_swap::ArcSwap;
 use crate::frontdoor::{FrontDoor, FrontDoors, Operation, RequestInfo};
 use crate::lifecycle::Lifecycle;
 use crate::plugin::{Completion, Pipeline, PipelineRun, RequestView, WitOutcome, WitUsage};
+use crate::protocol::error::{ErrorResponse, GatewayError};
 use crate::upstream::route::Router;
 use crate::upstream::{
     forwards_response_header, Backend, UpstreamRequest, Upstreams, POOL_IDLE_TIMEOUT,
 };
-use crate::wire::error::{ErrorResponse, GatewayError};
 use crate::wire::translate::{self, ResponseTranslation, Target};
 use crate::wire::usage::{Observation, ResponseShape, UsageObserver};
 
@@ -395,7 +395,7 @@ impl Gateway {
                 status,
                 ctx.started.unwrap_or_else(Instant::now),
             );
-            let shape = info.operation.response_shape(backend.kind());
+            let shape = ResponseShape::of(info.operation, backend.kind());
             return self
                 .exchange(session, ctx, upstream, peer, shape, translation)
                 .await;

@@ -15,50 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
-use crate::config::{ByteSize, HumanDuration};
-
-/// `[audit]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// The file records are appended to.
-    pub path: String,
-    /// `"always"`: sync after every batch of records; `"interval"`: every `fsync_interval`.
-    #[serde(default)]
-    pub fsync: FsyncMode,
-    /// How often to sync with `fsync = "interval"`.
-    #[serde(default = "default_fsync_interval")]
-    pub fsync_interval: HumanDuration,
-    /// Rotate when the file would grow past this size.
-    #[serde(default = "default_max_file_size")]
-    pub max_file_size: ByteSize,
-    /// How many rotated files to keep.
-    #[serde(default = "default_max_files")]
-    pub max_files: u32,
-}
-
-/// When the audit file is synced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncMode {
-    /// After every batch of records.
-    #[default]
-    Always,
-    /// Every `fsync_interval`.
-    Interval,
-}
-
-fn default_fsync_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
-}
-fn default_max_file_size() -> ByteSize {
-    ByteSize(100 * 1024 * 1024)
-}
-fn default_max_files() -> u32 {
-    10
-}
+pub use crate::config::audit::{AuditConfig, FsyncMode};
 
 enum Message {
     Record(String),
@@ -285,12 +242,13 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ByteSize, HumanDuration};
 
     fn config(dir: &Path, max: u64) -> AuditConfig {
         AuditConfig {
             path: dir.join("audit.log").display().to_string(),
             fsync: FsyncMode::Always,
-            fsync_interval: default_fsync_interval(),
+            fsync_interval: HumanDuration(Duration::from_secs(1)),
             max_file_size: ByteSize(max),
             max_files: 2,
         }

@@ -12,6 +12,8 @@
 //!
 //! Defaults live in this module only, in the `Default` impls and `default_*` functions below.
 
+pub mod audit;
+pub mod endpoint;
 mod env;
 mod units;
 
@@ -20,6 +22,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::protocol::BackendKind;
 
 pub use units::{ByteSize, HumanDuration};
 
@@ -54,7 +58,7 @@ pub struct Config {
     #[serde(default)]
     pub plugin_runtime: PluginRuntimeConfig,
     /// The durable audit sink; without it, audit records go to the log.
-    pub audit: Option<crate::audit::AuditConfig>,
+    pub audit: Option<audit::AuditConfig>,
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -355,29 +359,6 @@ impl Default for BedrockFrontDoorConfig {
     fn default() -> Self {
         Self {
             prefix: default_bedrock_prefix(),
-        }
-    }
-}
-
-/// The provider a backend speaks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Amazon Bedrock runtime (and its control plane).
-    Bedrock,
-    /// Google Vertex AI.
-    Vertex,
-    /// The Anthropic API.
-    Anthropic,
-}
-
-impl BackendKind {
-    /// The name used in configuration and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Bedrock => "bedrock",
-            BackendKind::Vertex => "vertex",
-            BackendKind::Anthropic => "anthropic",
         }
     }
 }
@@ -704,7 +685,7 @@ impl Config {
             };
             for (key, url) in endpoints {
                 if let Some(url) = url {
-                    if let Err(e) = crate::upstream::Endpoint::parse(url) {
+                    if let Err(e) = endpoint::EndpointUrl::parse(url) {
                         problem(at(key), e.to_string());
                     }
                 }

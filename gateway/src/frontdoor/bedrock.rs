@@ -13,7 +13,7 @@
 use percent_encoding::percent_decode_str;
 
 use super::{FrontDoor, Operation, RequestInfo};
-use crate::wire::error::GatewayError;
+use crate::protocol::GatewayError;
 
 /// Longest model ID accepted (ARNs of application inference profiles are well below this).
 const MAX_MODEL_ID: usize = 2048;
@@ -119,38 +119,6 @@ fn parse_runtime(
     })
 }
 
-/// Characters AWS SDKs leave unencoded in a path segment (RFC 3986 unreserved).
-pub const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// The runtime path `/model/{model}/{op}`, the model encoded as the AWS SDKs encode it
-/// (`:` as `%3A`, `/` as `%2F`).
-pub fn model_path(model: &str, op: &str) -> String {
-    format!(
-        "/model/{}/{op}",
-        percent_encoding::utf8_percent_encode(model, SEGMENT)
-    )
-}
-
-/// The upstream path for `info` with its model replaced by `model`, encoded as the AWS SDKs
-/// encode it (`:` as `%3A`, `/` as `%2F`).
-pub fn with_model(info: &RequestInfo, model: &str) -> String {
-    let (path, query) = match info.upstream_path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (info.upstream_path.as_str(), None),
-    };
-    let op = path.rsplit('/').next().unwrap_or_default();
-    let mut out = model_path(model, op);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 /// Splits an absolute path into segments, refusing empty and dot segments (also encoded ones).
 fn segments(path: &str) -> Result<Vec<&str>, GatewayError> {
     let rest = path
@@ -234,11 +202,11 @@ mod tests {
     fn rewritten_models_are_encoded_like_the_sdks_do() {
         let info = ok(Method::POST, "/model/m/invoke-with-response-stream?x=1");
         assert_eq!(
-            with_model(&info, "arn:aws:bedrock:us-east-1:1:application-inference-profile/p"),
+            crate::protocol::model_path::with_model(&info, "arn:aws:bedrock:us-east-1:1:application-inference-profile/p"),
             "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fp/invoke-with-response-stream?x=1"
         );
         assert_eq!(
-            with_model(&info, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            crate::protocol::model_path::with_model(&info, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
             "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream?x=1"
         );
     }

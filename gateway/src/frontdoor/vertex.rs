@@ -11,7 +11,7 @@
 use percent_encoding::percent_decode_str;
 
 use super::{FrontDoor, Operation, RequestInfo};
-use crate::wire::error::GatewayError;
+use crate::protocol::error::GatewayError;
 
 /// Parses a Vertex request path (after the front door's prefix).
 pub fn parse(method: &http::Method, path_and_query: &str) -> Result<RequestInfo, GatewayError> {

@@ -11,16 +11,18 @@
 //! link its imports (the contract's host services, and WASI with an empty context), then
 //! instantiate it once and call `init` as a smoke check. Compilation runs on the blocking pool.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Plugin, PluginPre};
+use super::epoch::Ticker;
+pub use super::epoch::EPOCH_TICK;
 use super::host::{HostServices, HostState};
 use super::instance::LoadedPlugin;
+pub use super::instance::Tier;
 use super::PluginError;
 use crate::config::{PluginConfig, PluginRuntimeConfig};
 
@@ -28,30 +30,8 @@ use crate::config::{PluginConfig, PluginRuntimeConfig};
 pub const CONTRACT_PACKAGE: &str = "llm-gateway:plugin";
 /// The contract major version the host speaks.
 pub const CONTRACT_MAJOR: u64 = 1;
-/// How often the epoch advances.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Largest plugin memory the pooling allocator reserves room for.
 const MAX_PLUGIN_MEMORY: usize = 256 * 1024 * 1024;
-
-/// Which compiler made a plugin's machine code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// Winch, a baseline compiler: compiles about eight times faster, runs a little slower.
-    /// New plugins start on it so that a reload is quick.
-    Baseline,
-    /// Cranelift, the optimizing compiler; replaces the baseline code in the background.
-    Optimized,
-}
-
-impl Tier {
-    /// The compiler's name, for `/status` and logs.
-    pub fn compiler(self) -> &'static str {
-        match self {
-            Tier::Baseline => "winch",
-            Tier::Optimized => "cranelift",
-        }
-    }
-}
 
 /// One wasmtime engine (compiler settings, instance pool) with its linker and compiled cache.
 struct TierEngine {
@@ -75,61 +55,6 @@ impl Drop for PluginEngine {
         self.ticker.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.ticker.thread.get() {
             t.unpark();
-        }
-    }
-}
-
-/// Ticks without a plugin call before the ticker parks.
-const IDLE_TICKS_BEFORE_PARK: u32 = 100;
-
-/// The epoch ticker's shared state. The ticker advances the epoch every [`EPOCH_TICK`] while
-/// plugins run and parks once none has run for [`IDLE_TICKS_BEFORE_PARK`] ticks, so a gateway
-/// without plugin traffic is not woken a thousand times a second; the next call unparks it.
-#[derive(Debug, Default)]
-struct Ticker {
-    stop: AtomicBool,
-    parked: AtomicBool,
-    calls: std::sync::atomic::AtomicU64,
-    thread: std::sync::OnceLock<std::thread::Thread>,
-}
-
-impl Ticker {
-    fn run(&self, engines: Vec<wasmtime::EngineWeak>) {
-        let mut idle = 0;
-        while !self.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(EPOCH_TICK);
-            let mut alive = false;
-            for engine in engines.iter().filter_map(wasmtime::EngineWeak::upgrade) {
-                engine.increment_epoch();
-                alive = true;
-            }
-            if !alive {
-                break;
-            }
-            if self.calls.swap(0, Ordering::SeqCst) > 0 {
-                idle = 0;
-                continue;
-            }
-            idle += 1;
-            if idle >= IDLE_TICKS_BEFORE_PARK {
-                self.parked.store(true, Ordering::SeqCst);
-                // A call that started before `parked` was set is seen here; one that starts
-                // after it unparks this thread (an unpark before the park is not lost).
-                if self.calls.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
-                    std::thread::park();
-                }
-                self.parked.store(false, Ordering::SeqCst);
-                idle = 0;
-            }
-        }
-    }
-
-    fn call_started(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
-            }
         }
     }
 }
@@ -386,7 +311,8 @@ impl PluginEngine {
         // A 1.0 plugin was promised one instance for all phases of a request.
         let pinned = contract_minor(&self.tier(tier).engine, &component) == Some(0);
         let plugin = Arc::new(LoadedPlugin::new(
-            Arc::clone(self),
+            Arc::clone(&self.ticker),
+            self.runtime.clone(),
             Arc::clone(&self.services),
             config,
             pre,

@@ -179,7 +179,7 @@ impl HostState {
                     .call_started
                     .elapsed()
                     .saturating_sub(self.host_wait)
-                    .min(super::engine::EPOCH_TICK * 2);
+                    .min(super::epoch::EPOCH_TICK * 2);
                 self.cpu = Some(CpuTrack {
                     thread,
                     base: now,

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
 use super::bindings::{types, Plugin, PluginPre};
-use super::engine::PluginEngine;
+use super::epoch::Ticker;
 use super::host::{HostServices, HostState, Limits, PluginIdentity};
 use super::view::RequestView;
 use super::{FailureKind, PluginError, PluginFailure};
-use crate::config::{Isolation, OnError, PluginConfig};
+use crate::config::{Isolation, OnError, PluginConfig, PluginRuntimeConfig};
 
 /// Warm instances kept per plugin; more returned at once are dropped.
 const MAX_IDLE_INSTANCES: usize = 64;
@@ -45,6 +45,26 @@ impl std::fmt::Display for CpuBudgetExceeded {
 
 impl std::error::Error for CpuBudgetExceeded {}
 
+/// Which compiler made a plugin's machine code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Winch, a baseline compiler: compiles about eight times faster, runs a little slower.
+    /// New plugins start on it so that a reload is quick.
+    Baseline,
+    /// Cranelift, the optimizing compiler; replaces the baseline code in the background.
+    Optimized,
+}
+
+impl Tier {
+    /// The compiler's name, for `/status` and logs.
+    pub fn compiler(self) -> &'static str {
+        match self {
+            Tier::Baseline => "winch",
+            Tier::Optimized => "cranelift",
+        }
+    }
+}
+
 /// One plugin version, ready to instantiate.
 pub struct LoadedPlugin {
     /// Its configured name.
@@ -58,11 +78,12 @@ pub struct LoadedPlugin {
     /// When it was loaded.
     pub loaded_at: std::time::SystemTime,
     /// Which compiler made its code.
-    pub tier: super::engine::Tier,
+    pub tier: Tier,
     /// Built for contract 1.0: one instance serves all phases of a request (1.1 plugins keep
     /// per-request data in `request-state` and get an instance per phase call).
     pub pinned: bool,
-    engine: Arc<PluginEngine>,
+    ticker: Arc<Ticker>,
+    runtime: PluginRuntimeConfig,
     services: Arc<HostServices>,
     pre: PluginPre<HostState>,
     config_json: String,
@@ -95,12 +116,13 @@ pub struct PluginInstance {
 
 impl LoadedPlugin {
     pub(super) fn new(
-        engine: Arc<PluginEngine>,
+        ticker: Arc<Ticker>,
+        runtime: PluginRuntimeConfig,
         services: Arc<HostServices>,
         config: &PluginConfig,
         pre: PluginPre<HostState>,
         content_hash: String,
-        tier: super::engine::Tier,
+        tier: Tier,
         pinned: bool,
     ) -> Result<Self, PluginError> {
         let config_json = serde_json::to_string(&config.config).map_err(|e| {
@@ -126,7 +148,8 @@ impl LoadedPlugin {
             loaded_at: std::time::SystemTime::now(),
             tier,
             pinned,
-            engine,
+            ticker,
+            runtime,
             services,
             pre,
             config_json,
@@ -166,7 +189,7 @@ impl LoadedPlugin {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
-        self.engine.call_started();
+        self.ticker.call_started();
         store.data_mut().budget = self.cpu_limit * INIT_BUDGET_FACTOR;
         store.data_mut().begin_call();
         store.set_epoch_deadline(1);
@@ -247,7 +270,7 @@ impl LoadedPlugin {
         match verdict {
             Verdict::Ok => self.breaker.success(&self.name),
             Verdict::Fault => {
-                let runtime = self.engine.runtime();
+                let runtime = &self.runtime;
                 self.breaker.failure(
                     &self.name,
                     runtime.breaker_failures,
@@ -298,7 +321,7 @@ const PHASES: [&str; 3] = ["on_request", "on_response", "on_complete"];
 
 impl PluginInstance {
     fn begin(&mut self, plugin: &LoadedPlugin, view: Box<RequestView>) {
-        plugin.engine.call_started();
+        plugin.ticker.call_started();
         let state = self.store.data_mut();
         state.view = Some(view);
         state.begin_call();

@@ -14,6 +14,7 @@
 
 mod bindings;
 pub mod engine;
+pub mod epoch;
 pub mod host;
 pub mod instance;
 pub mod jwt;

@@ -17,7 +17,7 @@ use super::instance::{LoadedPlugin, PluginInstance};
 use super::view::{Phase, RequestView, ResponseView};
 use super::{PluginEngine, PluginError};
 use crate::config::{PluginConfig, PluginRuntimeConfig};
-use crate::frontdoor::{FrontDoor, Operation};
+use crate::protocol::{FrontDoor, Operation};
 
 /// A sample request for an offline run.
 #[derive(Debug, Deserialize)]

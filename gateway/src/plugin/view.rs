@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::bindings::types;
-use crate::frontdoor::{FrontDoor, Operation};
+use crate::protocol::{FrontDoor, Operation};
 use crate::upstream::forwards_request_header;
 
 /// Which phase is running (writes are only allowed in some).

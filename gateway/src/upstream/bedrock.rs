@@ -16,8 +16,8 @@ use aws_sigv4::sign::v4;
 use super::credentials::AwsCredentials;
 use super::endpoint::Endpoint;
 use crate::config::BackendConfig;
-use crate::frontdoor::Operation;
-use crate::wire::error::GatewayError;
+use crate::protocol::error::GatewayError;
+use crate::protocol::Operation;
 
 /// SigV4 service name of both the runtime and the control plane.
 const SIGNING_SERVICE: &str = "bedrock";

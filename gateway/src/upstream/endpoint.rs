@@ -10,21 +10,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+pub use crate::config::endpoint::{EndpointError, EndpointUrl};
+
 /// How often names are resolved again (DNS answers for cloud endpoints change).
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-
-/// Why an endpoint URL was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum EndpointError {
-    /// Not a URL the gateway can call.
-    #[error("`{url}` is not a valid endpoint: {reason}")]
-    Invalid {
-        /// The URL as configured.
-        url: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-}
 
 /// Where a backend is reached: scheme, host, port and an optional base path.
 #[derive(Debug)]
@@ -43,40 +32,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `http(s)://host[:port][/base]`. IP literals are usable at once; names need
-    /// [`Endpoint::resolve`].
+    /// Parses `http(s)://host[:port][/base]` (see [`EndpointUrl::parse`]). IP literals are
+    /// usable at once; names need [`Endpoint::resolve`].
     pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
-        let invalid = |reason| EndpointError::Invalid {
-            url: url.to_string(),
-            reason,
-        };
-        let uri: http::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(invalid("the scheme must be http or https")),
-        };
-        let host = uri.host().ok_or_else(|| invalid("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if host.is_empty() {
-            return Err(invalid("no host"));
-        }
-        if uri.query().is_some() {
-            return Err(invalid("an endpoint cannot have a query"));
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let port = uri.port_u16().unwrap_or(default_port);
-        let authority = match uri.port_u16() {
-            Some(p) if p != default_port => uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .unwrap_or_else(|| format!("{host}:{p}")),
-            _ => uri.host().unwrap_or(&host).to_string(),
-        };
-        let base_path = uri.path().trim_end_matches('/').to_string();
+        let EndpointUrl {
+            tls,
+            host,
+            port,
+            authority,
+            base_path,
+        } = EndpointUrl::parse(url)?;
         let addrs = host
             .parse::<std::net::IpAddr>()
             .map(|ip| vec![SocketAddr::new(ip, port)])

@@ -29,8 +29,9 @@ use pingora_http::RequestHeader;
 
 pub use endpoint::{Endpoint, EndpointError};
 
-use crate::config::{BackendKind, Config, TimeoutsConfig};
-use crate::wire::error::GatewayError;
+use crate::config::{Config, TimeoutsConfig};
+use crate::protocol::error::GatewayError;
+use crate::protocol::BackendKind;
 use crate::wire::translate::{AcceptedBetas, BetaHeader, Outgoing};
 use anthropic::AnthropicBackend;
 use bedrock::{BedrockAuth, BedrockBackend};
@@ -397,7 +398,7 @@ mod tests {
     fn outgoing(
         u: &Upstreams,
         backend: usize,
-        info: &crate::frontdoor::RequestInfo,
+        info: &crate::protocol::RequestInfo,
         client: &RequestHeader,
         body: &'static [u8],
     ) -> Outgoing {

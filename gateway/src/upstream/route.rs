@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Backend, Upstreams};
 use crate::catalog::Catalog;
 use crate::config::{Config, HealthConfig, Strategy};
-use crate::frontdoor::{FrontDoor, RequestInfo};
-use crate::wire::error::GatewayError;
+use crate::protocol::error::GatewayError;
+use crate::protocol::{FrontDoor, RequestInfo};
 
 /// Passive health of one backend, from the answers real requests got.
 #[derive(Debug, Default)]
@@ -178,7 +178,7 @@ impl Router {
         for backend in ordered {
             let same_kind = backend.kind() == info.front_door.kind();
             if info.operation.bedrock_only()
-                && backend.kind() != crate::config::BackendKind::Bedrock
+                && backend.kind() != crate::protocol::BackendKind::Bedrock
             {
                 unusable.push(format!(
                     "{} cannot serve {}",
@@ -231,7 +231,7 @@ impl Router {
             .filter(|e| {
                 let info = RequestInfo {
                     front_door,
-                    operation: crate::frontdoor::Operation::Invoke,
+                    operation: crate::protocol::Operation::Invoke,
                     model_id: Some(e.name.clone()),
                     upstream_path: String::new(),
                 };

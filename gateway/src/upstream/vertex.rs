@@ -10,7 +10,7 @@ use super::endpoint::Endpoint;
 use super::google::GoogleCredentials;
 use super::UpstreamError;
 use crate::config::BackendConfig;
-use crate::wire::error::GatewayError;
+use crate::protocol::error::GatewayError;
 
 /// One Vertex AI backend (a location of a project).
 #[derive(Debug)]

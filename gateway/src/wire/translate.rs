@@ -32,13 +32,13 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::{anthropic_error_type, error_message, render_status, ErrorResponse};
 use super::eventstream::{encode_message, header_str, EventStreamDecoder};
 use super::sse::{encode_event, SseDecoder};
 use super::usage::{Usage, UsageObserver};
-use crate::config::BackendKind;
-use crate::frontdoor::{FrontDoor, Operation, RequestInfo};
-use crate::wire::error::GatewayError;
+use crate::protocol::error::GatewayError;
+use crate::protocol::error::{anthropic_error_type, error_message, render_status, ErrorResponse};
+use crate::protocol::BackendKind;
+use crate::protocol::{FrontDoor, Operation, RequestInfo};
 
 /// `anthropic_version` in Bedrock bodies.
 pub const BEDROCK_VERSION: &str = "bedrock-2023-05-31";
@@ -235,7 +235,7 @@ fn same_protocol(
     match target.kind {
         BackendKind::Bedrock => {
             out.path = if model_changed && info.model_id.is_some() {
-                crate::frontdoor::bedrock::with_model(info, target.model)
+                crate::protocol::model_path::with_model(info, target.model)
             } else {
                 info.upstream_path.clone()
             };
@@ -344,7 +344,7 @@ fn cross_protocol(
                 Operation::CountTokens => "count-tokens",
                 _ => "invoke",
             };
-            out.path = crate::frontdoor::bedrock::model_path(target.model, op);
+            out.path = crate::protocol::model_path::model_path(target.model, op);
             out.body = if counting {
                 // A count needs a valid invoke body, and invoke requires `max_tokens`.
                 object.entry("max_tokens").or_insert(Value::from(1));
@@ -386,7 +386,7 @@ fn cross_protocol(
 /// Characters left as they are in a Vertex model segment: the AWS set plus `@`, which Google's
 /// SDKs send raw.
 const VERTEX_SEGMENT: &percent_encoding::AsciiSet =
-    &crate::frontdoor::bedrock::SEGMENT.remove(b'@');
+    &crate::protocol::model_path::SEGMENT.remove(b'@');
 
 fn vertex_path(target: &Target<'_>, operation: Operation) -> String {
     let encoded =

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eventstream::{header_str, EventStreamDecoder};
 use super::sse::SseDecoder;
+use crate::protocol::{BackendKind, Operation};
 
 /// Tokens billed for one request. Cache reads and writes are counted apart from plain input
 /// because they are priced apart (and are most of Claude Code's tokens).
@@ -57,6 +58,25 @@ pub enum ResponseShape {
     ConverseJson,
     /// Nothing to observe (token counting, control plane).
     Opaque,
+}
+
+impl ResponseShape {
+    /// The shape of the answer a backend of `kind` gives to `operation`, which decides how
+    /// usage is read from it.
+    pub fn of(operation: Operation, kind: BackendKind) -> ResponseShape {
+        match operation {
+            Operation::Invoke => ResponseShape::AnthropicJson,
+            Operation::InvokeStream if kind == BackendKind::Bedrock => {
+                ResponseShape::BedrockAnthropicStream
+            }
+            Operation::InvokeStream => ResponseShape::AnthropicSse,
+            Operation::Converse => ResponseShape::ConverseJson,
+            Operation::ConverseStream => ResponseShape::BedrockConverseStream,
+            Operation::CountTokens | Operation::ControlPlane | Operation::ListModels => {
+                ResponseShape::Opaque
+            }
+        }
+    }
 }
 
 /// What an observer learnt from a whole response.

@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 
-use crate::frontdoor::FrontDoor;
+use super::FrontDoor;
 
 /// An error the gateway answers itself, in the client's protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
