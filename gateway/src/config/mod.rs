@@ -363,36 +363,178 @@ impl Default for BedrockFrontDoorConfig {
     }
 }
 
-/// `[[backends]]`
+/// `[[backends]]`: one table per backend. `kind` says which provider it calls and so which
+/// keys it takes; a key of another kind (`project` on a Bedrock backend) is a parse error at
+/// its key path.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// Amazon Bedrock runtime (and its control plane).
+    Bedrock(BedrockBackendConfig),
+    /// Google Vertex AI.
+    Vertex(VertexBackendConfig),
+    /// The Anthropic API.
+    Anthropic(AnthropicBackendConfig),
+}
+
+/// `[[backends]]` with `kind = "bedrock"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendConfig {
+pub struct BedrockBackendConfig {
     /// Unique name, used by routes, logs and the usage record.
     pub name: String,
-    /// Which provider this is.
-    pub kind: BackendKind,
-    /// The provider region (Bedrock: the SigV4 region and the default endpoint's region;
-    /// Vertex: the location, or `global`).
+    /// The SigV4 region and the default endpoints' region (required).
     pub region: Option<String>,
-    /// Runtime endpoint; default `https://bedrock-runtime.{region}.amazonaws.com`,
-    /// `https://{region}-aiplatform.googleapis.com` or `https://api.anthropic.com`.
+    /// Runtime endpoint; default `https://bedrock-runtime.{region}.amazonaws.com`.
     pub endpoint: Option<String>,
-    /// Vertex: the Google Cloud project that is billed.
-    pub project: Option<String>,
-    /// Vertex: a service-account key or `authorized_user` file; default Application Default
-    /// Credentials.
-    pub credentials_file: Option<String>,
-    /// Anthropic: the API key, sent as `x-api-key`.
-    pub api_key: Option<String>,
-    /// The `anthropic-beta` values this backend accepts (replaces its kind's default list;
-    /// `["*"]` accepts all). Others are dropped before the request is sent.
-    pub accepted_betas: Option<Vec<String>>,
     /// Control-plane endpoint; default `https://bedrock.{region}.amazonaws.com`.
     pub control_endpoint: Option<String>,
     /// A profile from the shared AWS config files, instead of the default chain's choice.
     pub profile: Option<String>,
     /// A Bedrock API key, sent as `Authorization: Bearer` instead of a SigV4 signature.
     pub bearer_token: Option<String>,
+    /// The `anthropic-beta` values this backend accepts (replaces Bedrock's documented list;
+    /// `["*"]` accepts all). Others are dropped before the request is sent.
+    pub accepted_betas: Option<Vec<String>>,
+}
+
+/// `[[backends]]` with `kind = "vertex"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexBackendConfig {
+    /// Unique name, used by routes, logs and the usage record.
+    pub name: String,
+    /// The location (`us-east5`, `global`, ...; required).
+    pub region: Option<String>,
+    /// The Google Cloud project that is billed (required).
+    pub project: Option<String>,
+    /// Endpoint; default `https://{region}-aiplatform.googleapis.com`.
+    pub endpoint: Option<String>,
+    /// A service-account key or `authorized_user` file; default Application Default
+    /// Credentials.
+    pub credentials_file: Option<String>,
+    /// The `anthropic-beta` values this backend accepts (replaces Vertex AI's documented
+    /// list; `["*"]` accepts all).
+    pub accepted_betas: Option<Vec<String>>,
+}
+
+/// `[[backends]]` with `kind = "anthropic"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicBackendConfig {
+    /// Unique name, used by routes, logs and the usage record.
+    pub name: String,
+    /// The API key, sent as `x-api-key` (required).
+    pub api_key: Option<String>,
+    /// Endpoint; default `https://api.anthropic.com`.
+    pub endpoint: Option<String>,
+    /// The `anthropic-beta` values this backend accepts (default: all).
+    pub accepted_betas: Option<Vec<String>>,
+}
+
+impl BackendConfig {
+    /// Its unique name.
+    pub fn name(&self) -> &str {
+        match self {
+            BackendConfig::Bedrock(c) => &c.name,
+            BackendConfig::Vertex(c) => &c.name,
+            BackendConfig::Anthropic(c) => &c.name,
+        }
+    }
+
+    /// Which provider it calls.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendConfig::Bedrock(_) => BackendKind::Bedrock,
+            BackendConfig::Vertex(_) => BackendKind::Vertex,
+            BackendConfig::Anthropic(_) => BackendKind::Anthropic,
+        }
+    }
+
+    /// The `anthropic-beta` values it accepts, when configured.
+    pub fn accepted_betas(&self) -> Option<&[String]> {
+        match self {
+            BackendConfig::Bedrock(c) => c.accepted_betas.as_deref(),
+            BackendConfig::Vertex(c) => c.accepted_betas.as_deref(),
+            BackendConfig::Anthropic(c) => c.accepted_betas.as_deref(),
+        }
+    }
+
+    /// The endpoint URLs it sets, with their keys.
+    fn endpoint_urls(&self) -> Vec<(&'static str, &str)> {
+        let (runtime, control) = match self {
+            BackendConfig::Bedrock(c) => (&c.endpoint, &c.control_endpoint),
+            BackendConfig::Vertex(c) => (&c.endpoint, &None),
+            BackendConfig::Anthropic(c) => (&c.endpoint, &None),
+        };
+        [("endpoint", runtime), ("control_endpoint", control)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+            .collect()
+    }
+
+    /// What is missing or malformed in it, as (key, message).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut found = Vec::new();
+        for (key, url) in self.endpoint_urls() {
+            if let Err(e) = endpoint::EndpointUrl::parse(url) {
+                found.push((key, e.to_string()));
+            }
+        }
+        let (region, secrets): (
+            Option<&Option<String>>,
+            Vec<(&'static str, &Option<String>)>,
+        ) = match self {
+            BackendConfig::Bedrock(c) => (Some(&c.region), vec![("bearer_token", &c.bearer_token)]),
+            BackendConfig::Vertex(c) => (
+                Some(&c.region),
+                vec![("credentials_file", &c.credentials_file)],
+            ),
+            BackendConfig::Anthropic(c) => (None, vec![("api_key", &c.api_key)]),
+        };
+        match (self, region) {
+            (BackendConfig::Vertex(_), Some(None)) => found.push((
+                "region",
+                "required for a vertex backend (a location such as us-east5, or global)".into(),
+            )),
+            (_, Some(None)) => found.push((
+                "region",
+                format!("required for a {} backend", self.kind().as_str()),
+            )),
+            (_, Some(Some(r))) if !is_region(r) => {
+                found.push(("region", format!("`{r}` is not a region name")))
+            }
+            _ => {}
+        }
+        match self {
+            BackendConfig::Vertex(c) => match &c.project {
+                None => found.push(("project", "required for a vertex backend".into())),
+                Some(p) if !is_project(p) => {
+                    found.push(("project", format!("`{p}` is not a project ID")))
+                }
+                Some(_) => {}
+            },
+            BackendConfig::Anthropic(c) if c.api_key.is_none() => {
+                found.push(("api_key", "required for an anthropic backend".into()))
+            }
+            _ => {}
+        }
+        // Values that usually come from the environment: empty means it was not set.
+        for (key, value) in secrets {
+            if matches!(value, Some(v) if v.is_empty()) {
+                found.push((key, "is empty (is its environment variable set?)".into()));
+            }
+        }
+        if let Some(betas) = self.accepted_betas() {
+            if betas.iter().any(|b| b.is_empty() || b.contains(',')) {
+                found.push((
+                    "accepted_betas",
+                    "values must be single beta names (or \"*\")".into(),
+                ));
+            }
+        }
+        found
+    }
 }
 
 fn default_max_request_body() -> ByteSize {
@@ -491,7 +633,11 @@ impl Config {
             resolve(&mut audit.path);
         }
         for backend in &mut config.backends {
-            if let Some(file) = &mut backend.credentials_file {
+            if let BackendConfig::Vertex(VertexBackendConfig {
+                credentials_file: Some(file),
+                ..
+            }) = backend
+            {
                 resolve(file);
             }
         }
@@ -549,7 +695,8 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigError::one(&path, e.into_inner().message().to_string())
+            let message = e.into_inner().message().to_string();
+            ConfigError::one(&unknown_key_path(path, &message), message)
         })?;
         let problems = config.validate();
         if problems.is_empty() {
@@ -563,7 +710,17 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut problem = |path: String, message: String| problems.push(Problem { path, message });
+        self.validate_server(&mut problem);
+        self.validate_timeouts_and_front_doors(&mut problem);
+        self.validate_backends(&mut problem);
+        self.validate_models(&mut problem);
+        self.validate_routes(&mut problem);
+        self.validate_plugins(&mut problem);
+        problems
+    }
 
+    /// Problems of the configuration's server section(s).
+    fn validate_server(&self, problem: &mut impl FnMut(String, String)) {
         for (key, value) in [
             ("server.listen", &self.server.listen),
             ("server.admin_listen", &self.server.admin_listen),
@@ -618,6 +775,10 @@ impl Config {
         if self.server.threads == Some(0) {
             problem("server.threads".into(), "must be at least 1".into());
         }
+    }
+
+    /// Problems of the configuration's timeouts and front doors section(s).
+    fn validate_timeouts_and_front_doors(&self, problem: &mut impl FnMut(String, String)) {
         for (key, d) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.first_byte", self.timeouts.first_byte),
@@ -664,106 +825,27 @@ impl Config {
                 "the front doors' prefixes overlap; give each its own".into(),
             );
         }
+    }
 
+    /// Problems of the configuration's backends section(s).
+    fn validate_backends(&self, problem: &mut impl FnMut(String, String)) {
         let mut names = std::collections::HashSet::new();
         for (i, backend) in self.backends.iter().enumerate() {
             let at = |key: &str| format!("backends[{i}].{key}");
-            if backend.name.is_empty() {
+            let name = backend.name();
+            if name.is_empty() {
                 problem(at("name"), "must not be empty".into());
-            } else if !names.insert(backend.name.as_str()) {
-                problem(
-                    at("name"),
-                    format!("`{}` is used by another backend", backend.name),
-                );
+            } else if !names.insert(name) {
+                problem(at("name"), format!("`{name}` is used by another backend"));
             }
-            let endpoints: &[(&str, &Option<String>)] = match backend.kind {
-                BackendKind::Bedrock => &[
-                    ("endpoint", &backend.endpoint),
-                    ("control_endpoint", &backend.control_endpoint),
-                ],
-                _ => &[("endpoint", &backend.endpoint)],
-            };
-            for (key, url) in endpoints {
-                if let Some(url) = url {
-                    if let Err(e) = endpoint::EndpointUrl::parse(url) {
-                        problem(at(key), e.to_string());
-                    }
-                }
-            }
-            use BackendKind::{Anthropic, Bedrock, Vertex};
-            let kind = backend.kind.as_str();
-            // Required keys, checked for their form.
-            if matches!(backend.kind, Bedrock | Vertex) {
-                match &backend.region {
-                    None if backend.kind == Vertex => problem(
-                        at("region"),
-                        "required for a vertex backend (a location such as us-east5, or global)"
-                            .into(),
-                    ),
-                    None => problem(at("region"), format!("required for a {kind} backend")),
-                    Some(r) if !is_region(r) => {
-                        problem(at("region"), format!("`{r}` is not a region name"))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if backend.kind == Vertex {
-                match &backend.project {
-                    None => problem(at("project"), "required for a vertex backend".into()),
-                    Some(p) if !is_project(p) => {
-                        problem(at("project"), format!("`{p}` is not a project ID"))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if backend.kind == Anthropic && backend.api_key.is_none() {
-                problem(at("api_key"), "required for an anthropic backend".into());
-            }
-            // Values that usually come from the environment: empty means it was not set.
-            for (key, value) in [
-                ("bearer_token", &backend.bearer_token),
-                ("credentials_file", &backend.credentials_file),
-                ("api_key", &backend.api_key),
-            ] {
-                if matches!(value, Some(v) if v.is_empty()) {
-                    problem(
-                        at(key),
-                        "is empty (is its environment variable set?)".into(),
-                    );
-                }
-            }
-            // Keys of other kinds are refused rather than silently ignored.
-            let kinds_using: [(&str, bool, &[BackendKind]); 7] = [
-                ("region", backend.region.is_some(), &[Bedrock, Vertex]),
-                (
-                    "control_endpoint",
-                    backend.control_endpoint.is_some(),
-                    &[Bedrock],
-                ),
-                ("profile", backend.profile.is_some(), &[Bedrock]),
-                ("bearer_token", backend.bearer_token.is_some(), &[Bedrock]),
-                ("project", backend.project.is_some(), &[Vertex]),
-                (
-                    "credentials_file",
-                    backend.credentials_file.is_some(),
-                    &[Vertex],
-                ),
-                ("api_key", backend.api_key.is_some(), &[Anthropic]),
-            ];
-            for (key, set, kinds) in kinds_using {
-                if set && !kinds.contains(&backend.kind) {
-                    problem(at(key), format!("not used by a {kind} backend"));
-                }
-            }
-            if let Some(betas) = &backend.accepted_betas {
-                if betas.iter().any(|b| b.is_empty() || b.contains(',')) {
-                    problem(
-                        at("accepted_betas"),
-                        "values must be single beta names (or \"*\")".into(),
-                    );
-                }
+            for (key, message) in backend.problems() {
+                problem(at(key), message);
             }
         }
+    }
+
+    /// Problems of the configuration's models section(s).
+    fn validate_models(&self, problem: &mut impl FnMut(String, String)) {
         for (i, model) in self.models.iter().enumerate() {
             let at = |key: &str| format!("models[{i}].{key}");
             if model.name.is_empty() || model.name.contains(char::is_whitespace) {
@@ -786,6 +868,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Problems of the configuration's routes section(s).
+    fn validate_routes(&self, problem: &mut impl FnMut(String, String)) {
         for (i, route) in self.routes.iter().enumerate() {
             let at = |key: &str| format!("routes[{i}].{key}");
             if route.models.is_empty() || route.models.iter().any(String::is_empty) {
@@ -808,7 +894,7 @@ impl Config {
                 problem(at("backends"), "give at least one backend".into());
             }
             for b in &route.backends {
-                if !self.backends.iter().any(|c| &c.name == b) {
+                if !self.backends.iter().any(|c| c.name() == b) {
                     problem(at("backends"), format!("no backend is named `{b}`"));
                 }
             }
@@ -831,6 +917,10 @@ impl Config {
                 _ => {}
             }
         }
+    }
+
+    /// Problems of the configuration's plugins section(s).
+    fn validate_plugins(&self, problem: &mut impl FnMut(String, String)) {
         if self.health.failure_threshold == 0 {
             problem(
                 "health.failure_threshold".into(),
@@ -889,7 +979,6 @@ impl Config {
                 "no backend is configured: requests would have nowhere to go".into(),
             );
         }
-        problems
     }
 }
 
@@ -905,6 +994,19 @@ fn is_region(r: &str) -> bool {
         && r.len() <= 32
         && r.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The path of an unknown key: serde's path stops at a tagged table (`backends[0]`); the key
+/// itself is only named in the message (``unknown field `project` ``).
+fn unknown_key_path(path: String, message: &str) -> String {
+    let key = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    match key {
+        Some(key) if path.is_empty() => key.to_string(),
+        Some(key) if !path.ends_with(&format!(".{key}")) => format!("{path}.{key}"),
+        _ => path,
+    }
 }
 
 #[cfg(test)]
@@ -961,6 +1063,19 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_another_kind_is_a_parse_error_at_its_path() {
+        let text = MINIMAL.replace(
+            "region = \"us-east-1\"",
+            "region = \"us-east-1\"\nproject = \"p\"",
+        );
+        let err = Config::parse_with_env(&text, &|_| None).unwrap_err();
+        assert_eq!(err.0[0].path, "backends[0].project", "{err}");
+        let text = MINIMAL.replace("kind = \"bedrock\"", "kind = \"nope\"");
+        let err = Config::parse_with_env(&text, &|_| None).unwrap_err();
+        assert!(err.0[0].message.contains("nope"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_path() {
         let text = MINIMAL.replace(
             "region = \"us-east-1\"",
@@ -984,8 +1099,11 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert_eq!(c.backends[0].region.as_deref(), Some("eu-west-1"));
-        assert_eq!(c.backends[0].bearer_token.as_deref(), Some("abc"));
+        let BackendConfig::Bedrock(b) = &c.backends[0] else {
+            panic!("a bedrock backend")
+        };
+        assert_eq!(b.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(b.bearer_token.as_deref(), Some("abc"));
     }
 
     #[test]
@@ -1007,7 +1125,6 @@ mod tests {
             [[backends]]
             name = "a"
             kind = "anthropic"
-            region = "us-east-1"
             [[models]]
             name = "m"
             [[routes]]
@@ -1019,12 +1136,13 @@ mod tests {
         "#;
         let err = Config::parse_with_env(text, &|_| None).unwrap_err();
         let paths: Vec<_> = err.0.iter().map(|p| p.path.as_str()).collect();
+        // A key of another kind (`region` on an anthropic backend) is a parse error of its
+        // own: see a_key_of_another_kind_is_a_parse_error_at_its_path.
         assert_eq!(
             paths,
             [
                 "backends[0].project",
                 "backends[1].api_key",
-                "backends[1].region",
                 "models[0].name",
                 "routes[0].front_doors",
                 "routes[0].backends",

@@ -2,9 +2,14 @@
 
 use std::sync::Arc;
 
+use pingora_http::RequestHeader;
+
 use super::endpoint::Endpoint;
+use super::provider::{set_header, Provider, Signable};
 use super::UpstreamError;
-use crate::config::BackendConfig;
+use crate::config::AnthropicBackendConfig;
+use crate::protocol::error::GatewayError;
+use crate::protocol::{BackendKind, Operation};
 
 /// The Anthropic API's own endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://api.anthropic.com";
@@ -28,11 +33,38 @@ impl std::fmt::Debug for AnthropicBackend {
 
 impl AnthropicBackend {
     /// Builds the backend from its (validated) configuration.
-    pub fn from_config(config: &BackendConfig) -> Result<Self, UpstreamError> {
+    pub fn from_config(config: &AnthropicBackendConfig) -> Result<Self, UpstreamError> {
         let endpoint = Endpoint::parse(config.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT))?;
         Ok(Self {
             endpoint: Arc::new(endpoint),
             api_key: config.api_key.clone().unwrap_or_default(),
         })
+    }
+}
+
+impl Provider for AnthropicBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Anthropic
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn endpoints(&self) -> Vec<&Arc<Endpoint>> {
+        vec![&self.endpoint]
+    }
+
+    fn endpoint_for(&self, _operation: Operation) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    fn authenticate(
+        &self,
+        _backend: &str,
+        _request: Signable<'_>,
+        header: &mut RequestHeader,
+    ) -> Result<(), GatewayError> {
+        set_header(header, "x-api-key", &self.api_key)
     }
 }

@@ -14,10 +14,13 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 
 use super::credentials::AwsCredentials;
+use pingora_http::RequestHeader;
+
 use super::endpoint::Endpoint;
-use crate::config::BackendConfig;
+use super::provider::{set_header, Provider, Signable};
+use crate::config::BedrockBackendConfig;
 use crate::protocol::error::GatewayError;
-use crate::protocol::Operation;
+use crate::protocol::{BackendKind, Operation};
 
 /// SigV4 service name of both the runtime and the control plane.
 const SIGNING_SERVICE: &str = "bedrock";
@@ -51,11 +54,15 @@ pub struct BedrockBackend {
     pub control: Arc<Endpoint>,
     /// Credentials.
     pub auth: BedrockAuth,
+    /// The shared-config profile credentials come from, instead of the chain's choice.
+    pub profile: Option<String>,
 }
 
 impl BedrockBackend {
     /// Builds the backend from its (validated) configuration.
-    pub fn from_config(config: &BackendConfig) -> Result<Self, super::endpoint::EndpointError> {
+    pub fn from_config(
+        config: &BedrockBackendConfig,
+    ) -> Result<Self, super::endpoint::EndpointError> {
         let region = config.region.clone().unwrap_or_default();
         let runtime = match &config.endpoint {
             Some(url) => Endpoint::parse(url)?,
@@ -74,19 +81,12 @@ impl BedrockBackend {
             runtime: Arc::new(runtime),
             control: Arc::new(control),
             auth,
+            profile: config.profile.clone(),
         })
     }
 
-    /// The endpoint that serves `operation`.
-    pub fn endpoint_for(&self, operation: Operation) -> &Arc<Endpoint> {
-        match operation {
-            Operation::ControlPlane => &self.control,
-            _ => &self.runtime,
-        }
-    }
-
     /// Whether requests can be authenticated now.
-    pub fn ready(&self) -> Result<(), String> {
+    fn credentials_ready(&self) -> Result<(), String> {
         match &self.auth {
             BedrockAuth::Bearer(_) => Ok(()),
             BedrockAuth::SigV4(c) => match c.get() {
@@ -174,6 +174,57 @@ pub fn sigv4_headers(
         .into_iter()
         .map(|h| (h.name(), h.value().to_string()))
         .collect())
+}
+
+impl Provider for BedrockBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Bedrock
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.credentials_ready()
+    }
+
+    fn endpoints(&self) -> Vec<&Arc<Endpoint>> {
+        vec![&self.runtime, &self.control]
+    }
+
+    fn endpoint_for(&self, operation: Operation) -> &Arc<Endpoint> {
+        match operation {
+            Operation::ControlPlane => &self.control,
+            _ => &self.runtime,
+        }
+    }
+
+    fn authenticate(
+        &self,
+        backend: &str,
+        request: Signable<'_>,
+        header: &mut RequestHeader,
+    ) -> Result<(), GatewayError> {
+        for (name, value) in self.auth_headers(
+            backend,
+            request.method,
+            request.path_and_query,
+            request.host,
+            request.content_type,
+            request.body,
+        )? {
+            set_header(header, name, &value)?;
+        }
+        Ok(())
+    }
+
+    fn start_refresh(&self, backend: &str, runtime: &tokio::runtime::Handle) {
+        if let BedrockAuth::SigV4(creds) = &self.auth {
+            creds.spawn_refresh(
+                runtime,
+                backend.to_string(),
+                self.region.clone(),
+                self.profile.clone(),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod endpoint;
 pub mod fetch;
 pub mod google;
+pub mod provider;
 pub mod route;
 pub mod vertex;
 
@@ -29,12 +30,14 @@ use pingora_http::RequestHeader;
 
 pub use endpoint::{Endpoint, EndpointError};
 
-use crate::config::{Config, TimeoutsConfig};
+use crate::config::{BackendConfig, Config, TimeoutsConfig};
 use crate::protocol::error::GatewayError;
 use crate::protocol::BackendKind;
 use crate::wire::translate::{AcceptedBetas, BetaHeader, Outgoing};
 use anthropic::AnthropicBackend;
-use bedrock::{BedrockAuth, BedrockBackend};
+use bedrock::BedrockBackend;
+pub use provider::Provider;
+use provider::{set_header as insert, Signable};
 use route::Health;
 use vertex::VertexBackend;
 
@@ -63,58 +66,32 @@ pub struct Backend {
     /// Its configured name.
     pub name: Arc<str>,
     /// The provider-specific part.
-    pub provider: Provider,
+    pub provider: Box<dyn Provider>,
     /// The `anthropic-beta` values it accepts.
     pub betas: AcceptedBetas,
     /// Passive health from real traffic.
     pub health: Health,
 }
 
-/// The provider a backend calls.
-#[derive(Debug)]
-pub enum Provider {
-    /// Amazon Bedrock.
-    Bedrock(BedrockBackend),
-    /// Google Vertex AI.
-    Vertex(VertexBackend),
-    /// The Anthropic API.
-    Anthropic(AnthropicBackend),
-}
-
 impl Backend {
     /// The provider kind, as configured.
     pub fn kind(&self) -> BackendKind {
-        match &self.provider {
-            Provider::Bedrock(_) => BackendKind::Bedrock,
-            Provider::Vertex(_) => BackendKind::Vertex,
-            Provider::Anthropic(_) => BackendKind::Anthropic,
-        }
+        self.provider.kind()
     }
 
     /// Whether the backend can serve requests now; the reason when not.
     pub fn ready(&self) -> Result<(), String> {
-        match &self.provider {
-            Provider::Bedrock(b) => b.ready(),
-            Provider::Vertex(v) => v.ready(),
-            Provider::Anthropic(_) => Ok(()),
-        }
+        self.provider.ready()
     }
 
     /// Vertex: the project and location put in the path.
     pub fn vertex_location(&self) -> (&str, &str) {
-        match &self.provider {
-            Provider::Vertex(v) => (&v.project, &v.region),
-            _ => ("", ""),
-        }
+        self.provider.location()
     }
 
     /// Every endpoint the backend calls (for name resolution).
     pub fn endpoints(&self) -> Vec<&Arc<Endpoint>> {
-        match &self.provider {
-            Provider::Bedrock(b) => vec![&b.runtime, &b.control],
-            Provider::Vertex(v) => vec![&v.endpoint],
-            Provider::Anthropic(a) => vec![&a.endpoint],
-        }
+        self.provider.endpoints()
     }
 }
 
@@ -144,30 +121,16 @@ impl Upstreams {
     ) -> Result<Upstreams, UpstreamError> {
         let mut backends = Vec::new();
         for b in &config.backends {
-            let provider = match b.kind {
-                BackendKind::Bedrock => {
-                    let backend = BedrockBackend::from_config(b)?;
-                    if let BedrockAuth::SigV4(creds) = &backend.auth {
-                        creds.spawn_refresh(
-                            runtime,
-                            b.name.clone(),
-                            backend.region.clone(),
-                            b.profile.clone(),
-                        );
-                    }
-                    Provider::Bedrock(backend)
-                }
-                BackendKind::Vertex => {
-                    let backend = VertexBackend::from_config(b)?;
-                    backend.auth.spawn_refresh(runtime, b.name.clone());
-                    Provider::Vertex(backend)
-                }
-                BackendKind::Anthropic => Provider::Anthropic(AnthropicBackend::from_config(b)?),
+            let provider: Box<dyn Provider> = match b {
+                BackendConfig::Bedrock(c) => Box::new(BedrockBackend::from_config(c)?),
+                BackendConfig::Vertex(c) => Box::new(VertexBackend::from_config(c)?),
+                BackendConfig::Anthropic(c) => Box::new(AnthropicBackend::from_config(c)?),
             };
+            provider.start_refresh(b.name(), runtime);
             let backend = Backend {
-                name: b.name.as_str().into(),
+                name: b.name().into(),
                 provider,
-                betas: AcceptedBetas::new(b.kind, b.accepted_betas.as_deref()),
+                betas: AcceptedBetas::new(b.kind(), b.accepted_betas()),
                 health: Health::default(),
             };
             for e in backend.endpoints() {
@@ -201,11 +164,7 @@ impl Upstreams {
         client_headers: &http::HeaderMap,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let endpoint = match &backend.provider {
-            Provider::Bedrock(b) => b.endpoint_for(outgoing.operation),
-            Provider::Vertex(v) => &v.endpoint,
-            Provider::Anthropic(a) => &a.endpoint,
-        };
+        let endpoint = backend.provider.endpoint_for(outgoing.operation);
         let path = format!("{}{}", endpoint.base_path, outgoing.path);
         let body = outgoing.body;
 
@@ -237,28 +196,16 @@ impl Upstreams {
             insert(&mut header, "content-length", &body.len().to_string())?;
         }
         insert(&mut header, "x-request-id", request_id)?;
-        match &backend.provider {
-            Provider::Bedrock(bedrock) => {
-                for (name, value) in bedrock.auth_headers(
-                    &backend.name,
-                    method.as_str(),
-                    &path,
-                    &endpoint.authority,
-                    content_type.as_deref(),
-                    &body,
-                )? {
-                    insert(&mut header, name, &value)?;
-                }
-            }
-            Provider::Vertex(vertex) => {
-                insert(
-                    &mut header,
-                    "authorization",
-                    &vertex.auth_header(&backend.name)?,
-                )?;
-            }
-            Provider::Anthropic(a) => insert(&mut header, "x-api-key", &a.api_key)?,
-        }
+        let signable = Signable {
+            method: method.as_str(),
+            path_and_query: &path,
+            host: &endpoint.authority,
+            content_type: content_type.as_deref(),
+            body: &body,
+        };
+        backend
+            .provider
+            .authenticate(&backend.name, signable, &mut header)?;
         let peer = self.peer(&backend.name, endpoint)?;
         Ok(UpstreamRequest { peer, header, body })
     }
@@ -344,12 +291,6 @@ fn copy_request_headers(
         }
     }
     Ok(())
-}
-
-fn insert(header: &mut RequestHeader, name: &'static str, value: &str) -> Result<(), GatewayError> {
-    header
-        .insert_header(name, value)
-        .map_err(|e| GatewayError::Internal(format!("header {name}: {e}")))
 }
 
 #[cfg(test)]

@@ -6,11 +6,15 @@
 
 use std::sync::Arc;
 
+use pingora_http::RequestHeader;
+
 use super::endpoint::Endpoint;
 use super::google::GoogleCredentials;
+use super::provider::{set_header, Provider, Signable};
 use super::UpstreamError;
-use crate::config::BackendConfig;
+use crate::config::VertexBackendConfig;
 use crate::protocol::error::GatewayError;
+use crate::protocol::{BackendKind, Operation};
 
 /// One Vertex AI backend (a location of a project).
 #[derive(Debug)]
@@ -27,7 +31,7 @@ pub struct VertexBackend {
 
 impl VertexBackend {
     /// Builds the backend from its (validated) configuration.
-    pub fn from_config(config: &BackendConfig) -> Result<Self, UpstreamError> {
+    pub fn from_config(config: &VertexBackendConfig) -> Result<Self, UpstreamError> {
         let region = config.region.clone().unwrap_or_default();
         let endpoint = match &config.endpoint {
             Some(url) => Endpoint::parse(url)?,
@@ -50,7 +54,7 @@ impl VertexBackend {
     }
 
     /// Whether a token is at hand.
-    pub fn ready(&self) -> Result<(), String> {
+    fn token_ready(&self) -> Result<(), String> {
         match self.auth.token() {
             Some(_) => Ok(()),
             None => Err(self
@@ -71,5 +75,40 @@ impl VertexBackend {
             ))
         })?;
         Ok(format!("Bearer {token}"))
+    }
+}
+
+impl Provider for VertexBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vertex
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.token_ready()
+    }
+
+    fn endpoints(&self) -> Vec<&Arc<Endpoint>> {
+        vec![&self.endpoint]
+    }
+
+    fn endpoint_for(&self, _operation: Operation) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    fn location(&self) -> (&str, &str) {
+        (&self.project, &self.region)
+    }
+
+    fn authenticate(
+        &self,
+        backend: &str,
+        _request: Signable<'_>,
+        header: &mut RequestHeader,
+    ) -> Result<(), GatewayError> {
+        set_header(header, "authorization", &self.auth_header(backend)?)
+    }
+
+    fn start_refresh(&self, backend: &str, runtime: &tokio::runtime::Handle) {
+        self.auth.spawn_refresh(runtime, backend.to_string());
     }
 }
