@@ -51,73 +51,28 @@ impl Metrics {
     /// A registry with the gateway's series.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let plugin_calls = IntCounterVec::new(
-            Opts::new("gateway_plugin_calls_total", "Plugin phase calls by result"),
-            &["plugin", "phase", "result"],
-        )
-        .expect("static metric definition");
-        let plugin_call_seconds = HistogramVec::new(
-            HistogramOpts::new("gateway_plugin_call_seconds", "Plugin phase call duration")
-                .buckets(vec![
-                    1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
-                ]),
-            &["plugin", "phase"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(plugin_calls.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(plugin_call_seconds.clone()))
-            .expect("unique metric");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .expect("static metric definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(vec![
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    60.0, 120.0, 300.0,
-                ]),
-                labels,
-            )
-            .expect("static metric definition");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let requests = counter(
+        let (plugin_calls, plugin_call_seconds) = register_plugin_call_series(&registry);
+        let requests = register_counter(
+            &registry,
             "gateway_requests_total",
             "Requests by front door, backend, model, status and outcome",
             &["front_door", "backend", "model", "status", "outcome"],
         );
-        let request_seconds = histogram(
-            "gateway_request_duration_seconds",
-            "Request duration, first byte in to last byte out",
-            &["front_door", "outcome"],
-        );
-        let first_byte_seconds = histogram(
-            "gateway_time_to_first_byte_seconds",
-            "Time to the upstream's first byte",
-            &["front_door", "backend"],
-        );
-        let tokens = counter(
+        let (request_seconds, first_byte_seconds) = register_latency_series(&registry);
+        let tokens = register_counter(
+            &registry,
             "gateway_tokens_total",
             "Tokens by team, model and kind",
             &["team", "model", "kind"],
         );
-        let denials = counter(
+        let denials = register_counter(
+            &registry,
             "gateway_plugin_denials_total",
             "Requests denied by plugins",
             &["plugin", "status"],
         );
-        let failovers = counter(
+        let failovers = register_counter(
+            &registry,
             "gateway_upstream_failovers_total",
             "Requests moved to another backend after a failure",
             &["from_backend"],
@@ -209,6 +164,82 @@ impl Metrics {
         map.insert(full, (metric.clone(), names));
         Ok(metric)
     }
+}
+
+/// Histogram buckets (seconds) for request-scale durations: a millisecond to five minutes.
+const REQUEST_SECONDS_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Histogram buckets (seconds) for plugin calls: a microsecond to 50 milliseconds.
+const PLUGIN_CALL_SECONDS_BUCKETS: [f64; 12] = [
+    1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
+];
+
+/// Creates the static counter family `name` and registers it in `registry`.
+fn register_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("unique metric");
+    counter
+}
+
+/// Creates the static histogram family `name` with `buckets` and registers it in `registry`.
+fn register_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let histogram = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    registry
+        .register(Box::new(histogram.clone()))
+        .expect("unique metric");
+    histogram
+}
+
+/// The plugin call series: calls by result, and call durations on microsecond buckets.
+fn register_plugin_call_series(registry: &Registry) -> (IntCounterVec, HistogramVec) {
+    let calls = register_counter(
+        registry,
+        "gateway_plugin_calls_total",
+        "Plugin phase calls by result",
+        &["plugin", "phase", "result"],
+    );
+    let seconds = register_histogram(
+        registry,
+        "gateway_plugin_call_seconds",
+        "Plugin phase call duration",
+        &["plugin", "phase"],
+        &PLUGIN_CALL_SECONDS_BUCKETS,
+    );
+    (calls, seconds)
+}
+
+/// The request latency series: whole-request duration, and time to the upstream's first byte.
+fn register_latency_series(registry: &Registry) -> (HistogramVec, HistogramVec) {
+    let request_seconds = register_histogram(
+        registry,
+        "gateway_request_duration_seconds",
+        "Request duration, first byte in to last byte out",
+        &["front_door", "outcome"],
+        &REQUEST_SECONDS_BUCKETS,
+    );
+    let first_byte_seconds = register_histogram(
+        registry,
+        "gateway_time_to_first_byte_seconds",
+        "Time to the upstream's first byte",
+        &["front_door", "backend"],
+        &REQUEST_SECONDS_BUCKETS,
+    );
+    (request_seconds, first_byte_seconds)
 }
 
 fn metric_name(plugin: &str, name: &str) -> Result<String, String> {

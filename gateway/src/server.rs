@@ -22,6 +22,7 @@ use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
 
 use crate::admin::Admin;
 use crate::audit::AuditSink;
@@ -157,13 +158,97 @@ fn raise_open_file_limit(max_connections: usize) {
 pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Result<(), StartError> {
     raise_open_file_limit(config.server.max_connections);
     let lifecycle = Lifecycle::new(config.server.max_connections);
-    let background = tokio::runtime::Builder::new_multi_thread()
+    let background = background_runtime()?;
+    let upstreams = start_upstreams(&config, &background)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let audit = open_audit(&config)?;
+    let PluginHost {
+        engine,
+        pipeline,
+        completions,
+    } = start_plugins(&config, &metrics, &audit, &background)?;
+    let router = Arc::new(ArcSwap::from_pointee(
+        Router::new(&config, &upstreams).map_err(StartError::Routes)?,
+    ));
+    let live = Live {
+        pipeline: Arc::clone(&pipeline),
+        router: Arc::clone(&router),
+        upstreams: Arc::clone(&upstreams),
+    };
+    let reloader = start_reloader(
+        config_path,
+        &config,
+        &engine,
+        live,
+        &completions,
+        &background,
+        &metrics,
+    );
+
+    let mut server = Server::new_with_opt_and_conf(
+        pingora_core::server::configuration::Opt {
+            upgrade,
+            ..Default::default()
+        },
+        server_conf(&config),
+    );
+    server.bootstrap();
+
+    let gateway = Gateway::new(
+        Arc::clone(&metrics),
+        FrontDoors::new(&config.front_doors),
+        Arc::clone(&pipeline),
+        router,
+        Arc::clone(&upstreams),
+        ClientLimits::from_config(&config.server),
+        Arc::clone(&lifecycle),
+    );
+    let data_plane = data_plane_service(&server, &config, gateway, &lifecycle)?;
+    let admin = admin_service(&config, upstreams, &metrics, &reloader, &lifecycle);
+    server.add_service(data_plane);
+    server.add_service(admin);
+    tracing::info!(
+        listen = %config.server.listen,
+        admin = %config.server.admin_listen,
+        tls = config.server.tls_cert.is_some(),
+        backends = config.backends.len(),
+        "gateway starting"
+    );
+    let drain = drain_plan(&config, &lifecycle, &server, &completions, &audit);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(ShutdownSignals {
+            lifecycle,
+            drain: std::sync::Mutex::new(Some(drain)),
+            audit: audit.clone(),
+        }),
+    });
+
+    flush_after_stop(&config, &completions, &audit);
+    drop(pipeline);
+    background.shutdown_timeout(std::time::Duration::from_secs(1));
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// The small runtime for background work the request path reads from (credential and DNS
+/// refreshes, plugin loads, on-complete runs).
+fn background_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gw-background")
         .enable_all()
-        .build()?;
-    let upstreams = Arc::new(Upstreams::start(&config, background.handle())?);
-    // Resolve names once before listening, so the first requests find addresses.
+        .build()
+}
+
+/// Starts the backends' refresh tasks on `background` and resolves every upstream host once,
+/// before listening, so the first requests find addresses (a host that does not resolve yet
+/// is only a warning).
+fn start_upstreams(
+    config: &Config,
+    background: &tokio::runtime::Runtime,
+) -> Result<Arc<Upstreams>, StartError> {
+    let upstreams = Arc::new(Upstreams::start(config, background.handle())?);
     background.block_on(async {
         for b in upstreams.backends() {
             for e in b.endpoints() {
@@ -173,16 +258,39 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
             }
         }
     });
+    Ok(upstreams)
+}
 
-    let metrics = Arc::new(Metrics::new());
-    let audit = match &config.audit {
-        Some(a) => AuditSink::open(a).map_err(StartError::Audit)?,
-        None => AuditSink::log_only(),
-    };
+/// The audit sink: the configured file, or the log when there is none.
+fn open_audit(config: &Config) -> Result<AuditSink, StartError> {
+    match &config.audit {
+        Some(a) => AuditSink::open(a).map_err(StartError::Audit),
+        None => Ok(AuditSink::log_only()),
+    }
+}
+
+/// The plugin host as started.
+struct PluginHost {
+    /// The engine, which reloads load new plugin versions on.
+    engine: Arc<PluginEngine>,
+    /// The pipeline serving new requests, swapped by reloads.
+    pipeline: Arc<ArcSwap<Pipeline>>,
+    /// The on-complete runs in flight, waited for before the audit sink closes.
+    completions: Arc<Completions>,
+}
+
+/// The plugin host: the host services, the engine, every configured plugin loaded (on
+/// `background`), and the pipeline that runs them with its tracker of on-complete runs.
+fn start_plugins(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    audit: &AuditSink,
+    background: &tokio::runtime::Runtime,
+) -> Result<PluginHost, StartError> {
     let services = Arc::new(HostServices {
         state: Arc::new(MemoryStore::new()),
         audit: audit.clone(),
-        metrics: Arc::clone(&metrics),
+        metrics: Arc::clone(metrics),
         jwt: JwtVerifier::new(),
     });
     let engine = Arc::new(
@@ -204,29 +312,44 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         Arc::clone(&completions),
         background.handle().clone(),
     )));
-    let router = Arc::new(ArcSwap::from_pointee(
-        Router::new(&config, &upstreams).map_err(StartError::Routes)?,
-    ));
+    Ok(PluginHost {
+        engine,
+        pipeline,
+        completions,
+    })
+}
+
+/// The reloader of `config_path` over `live`: it recompiles the plugins with the optimizing
+/// compiler later, watches the configuration's files, and reloads on SIGHUP.
+fn start_reloader(
+    config_path: &std::path::Path,
+    config: &Config,
+    engine: &Arc<PluginEngine>,
+    live: Live,
+    completions: &Arc<Completions>,
+    background: &tokio::runtime::Runtime,
+    metrics: &Metrics,
+) -> Arc<Reloader> {
     let reloader = Reloader::new(
         config_path.to_path_buf(),
         config.clone(),
-        Arc::clone(&engine),
-        Live {
-            pipeline: Arc::clone(&pipeline),
-            router: Arc::clone(&router),
-            upstreams: Arc::clone(&upstreams),
-        },
-        Arc::clone(&completions),
+        Arc::clone(engine),
+        live,
+        Arc::clone(completions),
         background.handle().clone(),
-        &metrics,
+        metrics,
     );
     reloader.optimize_later(1, config.plugins.clone());
     if let Err(e) = reloader.watch() {
         tracing::error!(error = %e, "configuration changes will not be picked up automatically; use SIGHUP or POST /admin/reload");
     }
     reloader.reload_on_sighup();
+    reloader
+}
 
-    let conf = ServerConf {
+/// Pingora's server configuration: worker threads, the stop timings, the upgrade socket.
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
         threads: config.server.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -238,27 +361,21 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         upgrade_sock: config.server.upgrade_sock.clone(),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
-    };
-    let opt = pingora_core::server::configuration::Opt {
-        upgrade,
-        ..Default::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    }
+}
 
-    let gateway = Gateway::new(
-        Arc::clone(&metrics),
-        FrontDoors::new(&config.front_doors),
-        Arc::clone(&pipeline),
-        router,
-        Arc::clone(&upstreams),
-        ClientLimits::from_config(&config.server),
-        Arc::clone(&lifecycle),
-    );
+/// The data plane service: `gateway` behind the connection limit, on `server.listen`, over
+/// TLS (with HTTP/2) when a certificate and key are configured.
+fn data_plane_service(
+    server: &Server,
+    config: &Config,
+    gateway: Gateway,
+    lifecycle: &Arc<Lifecycle>,
+) -> Result<Service<Limited<HttpProxy<Gateway>>>, StartError> {
     let proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     let mut data_plane = Service::new(
         "data plane".to_string(),
-        Limited::new(proxy, Arc::clone(&lifecycle)),
+        Limited::new(proxy, Arc::clone(lifecycle)),
     );
     // A write buffer large enough for a response head and a typical JSON answer (or one
     // stream chunk with its framing) makes them one `send` instead of two or three; Pingora
@@ -275,35 +392,48 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         _ => listener,
     };
     data_plane.add_listener(listener);
+    Ok(data_plane)
+}
 
+/// The admin service on `server.admin_listen`.
+fn admin_service(
+    config: &Config,
+    upstreams: Arc<Upstreams>,
+    metrics: &Arc<Metrics>,
+    reloader: &Arc<Reloader>,
+    lifecycle: &Arc<Lifecycle>,
+) -> Service<HttpServer<Admin>> {
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(Admin::new(
             upstreams,
-            Arc::clone(&metrics),
-            Arc::clone(&reloader),
+            Arc::clone(metrics),
+            Arc::clone(reloader),
             config.admin.token.clone(),
-            Arc::clone(&lifecycle),
+            Arc::clone(lifecycle),
         )),
     );
     admin.add_tcp(&config.server.admin_listen);
+    admin
+}
 
-    server.add_service(data_plane);
-    server.add_service(admin);
-    tracing::info!(
-        listen = %config.server.listen,
-        admin = %config.server.admin_listen,
-        tls = config.server.tls_cert.is_some(),
-        backends = config.backends.len(),
-        "gateway starting"
-    );
-    let drain = DrainPlan {
-        lifecycle: Arc::clone(&lifecycle),
+/// What the first stop signal starts: the drain of requests in flight, following `server`'s
+/// execution phases (so the watch must be subscribed before `server.run`), then on-complete
+/// runs settled and the audit sink closed.
+fn drain_plan(
+    config: &Config,
+    lifecycle: &Arc<Lifecycle>,
+    server: &Server,
+    completions: &Arc<Completions>,
+    audit: &AuditSink,
+) -> DrainPlan {
+    DrainPlan {
+        lifecycle: Arc::clone(lifecycle),
         signalled: std::time::Instant::now(),
         grace: config.server.grace_period.0,
         phases: server.watch_execution_phase(),
         finish: {
-            let completions = Arc::clone(&completions);
+            let completions = Arc::clone(completions);
             let audit = audit.clone();
             Box::new(move |settle| {
                 // Requests have ended; let their `on-complete` runs write their records, then sync.
@@ -313,22 +443,14 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
                 audit.close();
             })
         },
-    };
-    server.run(RunArgs {
-        shutdown_signal: Box::new(ShutdownSignals {
-            lifecycle,
-            drain: std::sync::Mutex::new(Some(drain)),
-            audit: audit.clone(),
-        }),
-    });
+    }
+}
 
-    // Requests have finished; let their `on-complete` runs write their records, then sync.
+/// After the server has stopped: lets the `on-complete` runs of finished requests write their
+/// records (within the grace period), then syncs and closes the audit sink.
+fn flush_after_stop(config: &Config, completions: &Completions, audit: &AuditSink) {
     if !completions.wait_idle(config.server.grace_period.0) {
         tracing::error!("some on-complete runs did not finish before the grace period ended");
     }
     audit.close();
-    drop(pipeline);
-    background.shutdown_timeout(std::time::Duration::from_secs(1));
-    tracing::info!("gateway stopped");
-    Ok(())
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 
@@ -39,6 +40,7 @@ pub async fn fetch(
         .map_err(|e| format!("{method} {url}: {e}"))
 }
 
+/// The exchange [`fetch`] runs under its deadline: resolve, connect, send, read the answer.
 async fn exchange(
     connector: &Connector,
     method: &str,
@@ -49,6 +51,21 @@ async fn exchange(
     max_body: usize,
 ) -> Result<(u16, Bytes), String> {
     let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
+    let (endpoint, peer) = resolve_peer(&uri, timeout).await?;
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let req = request_head(method, path, &endpoint.authority, headers, body.as_ref())?;
+    let (mut session, _reused) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    send_request(&mut session, req, body).await?;
+    // The session is dropped, not returned to the pool: these calls are minutes apart.
+    read_answer(&mut session, max_body).await
+}
+
+/// The endpoint of `uri`'s origin, its host resolved now, and a peer for it with `timeout` on
+/// every connect, read and write.
+async fn resolve_peer(uri: &http::Uri, timeout: Duration) -> Result<(Endpoint, HttpPeer), String> {
     // `Endpoint` takes an origin (it refuses queries, which belong to the request here).
     let origin = format!(
         "{}://{}",
@@ -68,25 +85,40 @@ async fn exchange(
     peer.options.total_connection_timeout = Some(timeout);
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);
+    Ok((endpoint, peer))
+}
 
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+/// The request head: `method` on `path`, `host` set to `authority`, then `headers`, and
+/// `content-length` when there is a body. An invalid header value is reported by the
+/// header's name only, never its value, which may be a credential.
+fn request_head(
+    method: &str,
+    path: &str,
+    authority: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Bytes>,
+) -> Result<RequestHeader, String> {
     let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
-    req.insert_header("host", &endpoint.authority)
+    req.insert_header("host", authority)
         .map_err(|e| e.to_string())?;
     for (name, value) in headers {
         // The header's name only: its value may be a credential.
         req.insert_header(name.to_string(), *value)
             .map_err(|_| format!("invalid value for header {name}"))?;
     }
-    if let Some(b) = &body {
+    if let Some(b) = body {
         req.insert_header("content-length", b.len().to_string())
             .map_err(|e| e.to_string())?;
     }
+    Ok(req)
+}
 
-    let (mut session, _reused) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Writes the request head and the body (if any, and not empty), and ends the request.
+async fn send_request(
+    session: &mut HttpSession,
+    req: RequestHeader,
+    body: Option<Bytes>,
+) -> Result<(), String> {
     session
         .write_request_header(Box::new(req))
         .await
@@ -100,7 +132,11 @@ async fn exchange(
     session
         .finish_request_body()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// Reads the answer's status and whole body; a body longer than `max_body` bytes is an error.
+async fn read_answer(session: &mut HttpSession, max_body: usize) -> Result<(u16, Bytes), String> {
     session
         .read_response_header()
         .await
@@ -120,7 +156,6 @@ async fn exchange(
         }
         answer.extend_from_slice(&chunk);
     }
-    // The session is dropped, not returned to the pool: these calls are minutes apart.
     Ok((status, answer.freeze()))
 }
 

@@ -143,21 +143,7 @@ impl Router {
         info: &RequestInfo,
     ) -> Result<Vec<Candidate>, GatewayError> {
         let requested = info.model_id.as_deref();
-        let entry = requested.and_then(|m| self.catalog.lookup(m));
-        let route = self.routes.iter().find(|r| {
-            let door_ok = r
-                .front_doors
-                .as_ref()
-                .is_none_or(|d| d.iter().any(|d| d == info.front_door.as_str()));
-            let ids = requested
-                .into_iter()
-                .chain(entry.into_iter().flat_map(|e| e.ids()));
-            door_ok
-                && ids
-                    .into_iter()
-                    .any(|id| r.models.iter().any(|g| glob(g, id)))
-        });
-        let ordered: Vec<Arc<Backend>> = match route {
+        let ordered: Vec<Arc<Backend>> = match self.route_for(info, requested) {
             Some(r) => order(r),
             None => upstreams
                 .backends()
@@ -176,36 +162,10 @@ impl Router {
         let mut cooling = Vec::new();
         let mut unusable = Vec::new();
         for backend in ordered {
-            let same_kind = backend.kind() == info.front_door.kind();
-            if info.operation.bedrock_only()
-                && backend.kind() != crate::protocol::BackendKind::Bedrock
-            {
-                unusable.push(format!(
-                    "{} cannot serve {}",
-                    backend.name,
-                    info.operation.as_str()
-                ));
-                continue;
-            }
-            let model = match requested {
-                Some(m) => match self.catalog.model_for(m, backend.kind(), same_kind) {
-                    Some(id) => Some(id),
-                    None => {
-                        unusable.push(format!(
-                            "{} ({}) has no ID for it in the model catalog",
-                            backend.name,
-                            backend.kind().as_str()
-                        ));
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            let candidate = Candidate { backend, model };
-            if candidate.backend.health.cooling_down() {
-                cooling.push(candidate);
-            } else {
-                healthy.push(candidate);
+            match self.candidate(backend, info, requested) {
+                Ok(candidate) if candidate.backend.health.cooling_down() => cooling.push(candidate),
+                Ok(candidate) => healthy.push(candidate),
+                Err(why) => unusable.push(why),
             }
         }
         healthy.extend(cooling);
@@ -217,6 +177,59 @@ impl Router {
             )));
         }
         Ok(healthy)
+    }
+
+    /// The first route for the client's front door whose model globs match the requested
+    /// model ID or any of the catalog's IDs for that model.
+    fn route_for(&self, info: &RequestInfo, requested: Option<&str>) -> Option<&Route> {
+        let entry = requested.and_then(|m| self.catalog.lookup(m));
+        self.routes.iter().find(|r| {
+            let door_ok = r
+                .front_doors
+                .as_ref()
+                .is_none_or(|d| d.iter().any(|d| d == info.front_door.as_str()));
+            let ids = requested
+                .into_iter()
+                .chain(entry.into_iter().flat_map(|e| e.ids()));
+            door_ok
+                && ids
+                    .into_iter()
+                    .any(|id| r.models.iter().any(|g| glob(g, id)))
+        })
+    }
+
+    /// `backend` as a candidate for the request, with the catalog's model ID for its kind; or
+    /// why it cannot serve the request (the operation is Bedrock-only, or the catalog has no ID
+    /// for the model on that kind of backend).
+    fn candidate(
+        &self,
+        backend: Arc<Backend>,
+        info: &RequestInfo,
+        requested: Option<&str>,
+    ) -> Result<Candidate, String> {
+        if info.operation.bedrock_only() && backend.kind() != crate::protocol::BackendKind::Bedrock
+        {
+            return Err(format!(
+                "{} cannot serve {}",
+                backend.name,
+                info.operation.as_str()
+            ));
+        }
+        let same_kind = backend.kind() == info.front_door.kind();
+        let model = match requested {
+            Some(m) => match self.catalog.model_for(m, backend.kind(), same_kind) {
+                Some(id) => Some(id),
+                None => {
+                    return Err(format!(
+                        "{} ({}) has no ID for it in the model catalog",
+                        backend.name,
+                        backend.kind().as_str()
+                    ))
+                }
+            },
+            None => None,
+        };
+        Ok(Candidate { backend, model })
     }
 
     /// The catalog models a client of `front_door` can be served, for `GET /v1/models`.

@@ -287,6 +287,8 @@ fn same_protocol(
     Ok(out)
 }
 
+/// The request rebuilt for a backend of another provider: the client's envelope taken off
+/// (step 1), the target's put on (step 2), with the betas the target refuses dropped.
 fn cross_protocol(
     info: &RequestInfo,
     target: &Target<'_>,
@@ -299,10 +301,39 @@ fn cross_protocol(
             info.operation.as_str()
         )));
     }
-    let counting = info.operation == Operation::CountTokens;
-    let streaming = info.operation == Operation::InvokeStream;
 
     // 1. The client's body, as a plain Messages request.
+    let (object, betas) = plain_messages(info, header_betas, body)?;
+
+    // 2. The target's envelope.
+    let mut dropped = Vec::new();
+    let betas = filter_betas(betas, target.betas, &mut dropped);
+    let joined = (!betas.is_empty()).then(|| betas.join(","));
+    let mut out = Outgoing {
+        path: String::new(),
+        body: Bytes::new(),
+        operation: info.operation,
+        beta_header: joined.map_or(BetaHeader::Remove, BetaHeader::Set),
+        version_header: None,
+        dropped_betas: dropped,
+    };
+    match target.kind {
+        BackendKind::Bedrock => bedrock_envelope(info, target, object, betas, &mut out),
+        BackendKind::Vertex => vertex_envelope(info, target, object, &mut out),
+        BackendKind::Anthropic => anthropic_envelope(info, target, object, &mut out),
+    }
+    Ok(out)
+}
+
+/// The client's body without its provider's envelope (`anthropic_version`, `model`,
+/// `stream`, body betas; a Bedrock count unwrapped from its base64 invoke body), and the
+/// betas asked for in the headers and the body, each once.
+fn plain_messages(
+    info: &RequestInfo,
+    header_betas: Vec<String>,
+    body: &Bytes,
+) -> Result<(Map<String, Value>, Vec<String>), GatewayError> {
+    let counting = info.operation == Operation::CountTokens;
     let mut object = if counting && info.front_door == FrontDoor::Bedrock {
         unwrap_bedrock_count(body)?
     } else {
@@ -319,68 +350,77 @@ fn cross_protocol(
     object.remove("anthropic_version");
     object.remove("model");
     object.remove("stream");
+    Ok((object, betas))
+}
 
-    // 2. The target's envelope.
-    let mut dropped = Vec::new();
-    let betas = filter_betas(betas, target.betas, &mut dropped);
-    let joined = (!betas.is_empty()).then(|| betas.join(","));
-    let mut out = Outgoing {
-        path: String::new(),
-        body: Bytes::new(),
-        operation: info.operation,
-        beta_header: joined.clone().map_or(BetaHeader::Remove, BetaHeader::Set),
-        version_header: None,
-        dropped_betas: dropped,
+/// Bedrock's envelope: the model and the streaming choice in the path, version and betas in
+/// the body (no beta header); a count is an invoke body in base64.
+fn bedrock_envelope(
+    info: &RequestInfo,
+    target: &Target<'_>,
+    mut object: Map<String, Value>,
+    betas: Vec<String>,
+    out: &mut Outgoing,
+) {
+    object.insert("anthropic_version".into(), BEDROCK_VERSION.into());
+    if !betas.is_empty() {
+        object.insert("anthropic_beta".into(), betas.into());
+    }
+    out.beta_header = BetaHeader::Remove;
+    let op = match info.operation {
+        Operation::InvokeStream => "invoke-with-response-stream",
+        Operation::CountTokens => "count-tokens",
+        _ => "invoke",
     };
-    match target.kind {
-        BackendKind::Bedrock => {
-            object.insert("anthropic_version".into(), BEDROCK_VERSION.into());
-            if !betas.is_empty() {
-                object.insert("anthropic_beta".into(), betas.into());
-            }
-            out.beta_header = BetaHeader::Remove;
-            let op = match info.operation {
-                Operation::InvokeStream => "invoke-with-response-stream",
-                Operation::CountTokens => "count-tokens",
-                _ => "invoke",
-            };
-            out.path = crate::protocol::model_path::model_path(target.model, op);
-            out.body = if counting {
-                // A count needs a valid invoke body, and invoke requires `max_tokens`.
-                object.entry("max_tokens").or_insert(Value::from(1));
-                let inner = base64::engine::general_purpose::STANDARD.encode(to_bytes(&object));
-                to_bytes(
-                    serde_json::json!({ "input": { "invokeModel": { "body": inner } } })
-                        .as_object()
-                        .expect("an object literal"),
-                )
-            } else {
-                to_bytes(&object)
-            };
-        }
-        BackendKind::Vertex => {
-            if counting {
-                object.insert("model".into(), target.model.into());
-            } else {
-                object.insert("anthropic_version".into(), VERTEX_VERSION.into());
-                if streaming {
-                    object.insert("stream".into(), true.into());
-                }
-            }
-            out.path = vertex_path(target, info.operation);
-            out.body = to_bytes(&object);
-        }
-        BackendKind::Anthropic => {
-            object.insert("model".into(), target.model.into());
-            if streaming {
-                object.insert("stream".into(), true.into());
-            }
-            out.path = anthropic_path(info.operation).to_string();
-            out.version_header = Some(ANTHROPIC_VERSION);
-            out.body = to_bytes(&object);
+    out.path = crate::protocol::model_path::model_path(target.model, op);
+    out.body = if info.operation == Operation::CountTokens {
+        // A count needs a valid invoke body, and invoke requires `max_tokens`.
+        object.entry("max_tokens").or_insert(Value::from(1));
+        let inner = base64::engine::general_purpose::STANDARD.encode(to_bytes(&object));
+        to_bytes(
+            serde_json::json!({ "input": { "invokeModel": { "body": inner } } })
+                .as_object()
+                .expect("an object literal"),
+        )
+    } else {
+        to_bytes(&object)
+    };
+}
+
+/// Vertex's envelope: the model in the path (and in the body of a count), version and
+/// `stream` in the body.
+fn vertex_envelope(
+    info: &RequestInfo,
+    target: &Target<'_>,
+    mut object: Map<String, Value>,
+    out: &mut Outgoing,
+) {
+    if info.operation == Operation::CountTokens {
+        object.insert("model".into(), target.model.into());
+    } else {
+        object.insert("anthropic_version".into(), VERTEX_VERSION.into());
+        if info.operation == Operation::InvokeStream {
+            object.insert("stream".into(), true.into());
         }
     }
-    Ok(out)
+    out.path = vertex_path(target, info.operation);
+    out.body = to_bytes(&object);
+}
+
+/// The Anthropic API's envelope: `model` and `stream` in the body, the version in a header.
+fn anthropic_envelope(
+    info: &RequestInfo,
+    target: &Target<'_>,
+    mut object: Map<String, Value>,
+    out: &mut Outgoing,
+) {
+    object.insert("model".into(), target.model.into());
+    if info.operation == Operation::InvokeStream {
+        object.insert("stream".into(), true.into());
+    }
+    out.path = anthropic_path(info.operation).to_string();
+    out.version_header = Some(ANTHROPIC_VERSION);
+    out.body = to_bytes(&object);
 }
 
 /// Characters left as they are in a Vertex model segment: the AWS set plus `@`, which Google's
