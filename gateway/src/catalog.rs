@@ -228,6 +228,50 @@ impl Catalog {
     }
 }
 
+/// What `GET /v1/models/{id}` answers for one model: an Anthropic model object.
+pub fn model_object(entry: &ModelEntry) -> serde_json::Value {
+    serde_json::json!({
+        "type": "model",
+        "id": entry.name,
+        "display_name": entry.display_name,
+        "created_at": "2025-01-01T00:00:00Z",
+    })
+}
+
+/// What `GET /v1/models` answers: one page listing `models` (as [`model_object`]s).
+pub fn model_list(models: &[&ModelEntry]) -> serde_json::Value {
+    serde_json::json!({
+        "data": models.iter().map(|e| model_object(e)).collect::<Vec<_>>(),
+        "has_more": false,
+        "first_id": models.first().map(|e| e.name.as_str()),
+        "last_id": models.last().map(|e| e.name.as_str()),
+    })
+}
+
+/// What Bedrock's `GET /inference-profiles` answers for `models`: the system-defined
+/// cross-region profile of each model whose Bedrock ID is one (`us.anthropic....`); models
+/// named by a bare model ID or an ARN have none and are left out.
+pub fn inference_profiles(models: &[&ModelEntry]) -> serde_json::Value {
+    let profiles: Vec<serde_json::Value> = models
+        .iter()
+        .filter_map(|e| {
+            let id = e.bedrock.as_deref()?;
+            let (_, base) = id
+                .split_once('.')
+                .filter(|(_, base)| base.starts_with("anthropic."))?;
+            Some(serde_json::json!({
+                "inferenceProfileId": id,
+                "inferenceProfileName": e.display_name,
+                "inferenceProfileArn": format!("arn:aws:bedrock:us-east-1::inference-profile/{id}"),
+                "models": [{ "modelArn": format!("arn:aws:bedrock:us-east-1::foundation-model/{base}") }],
+                "status": "ACTIVE",
+                "type": "SYSTEM_DEFINED",
+            }))
+        })
+        .collect();
+    serde_json::json!({ "inferenceProfileSummaries": profiles })
+}
+
 fn strip_geo_prefix(id: &str) -> Option<&str> {
     BEDROCK_GEO_PREFIXES
         .iter()
@@ -280,6 +324,58 @@ mod tests {
         assert_eq!(
             c.lookup("claude-sonnet-4-5@20250929").unwrap().name,
             "team-sonnet"
+        );
+    }
+
+    #[test]
+    fn the_model_list_names_each_model_in_order() {
+        let c = catalog();
+        let models: Vec<&ModelEntry> = c.entries().iter().take(2).collect();
+        let list = model_list(&models);
+        assert_eq!(list["has_more"], false);
+        assert_eq!(list["first_id"], "team-sonnet");
+        assert_eq!(list["last_id"], models[1].name.as_str());
+        assert_eq!(list["data"].as_array().unwrap().len(), 2);
+        assert_eq!(list["data"][0], model_object(models[0]));
+        let one = model_object(c.lookup("claude-sonnet-4-5").unwrap());
+        assert_eq!(one["type"], "model");
+        assert_eq!(one["id"], "claude-sonnet-4-5");
+        assert_eq!(one["display_name"], "Claude Sonnet 4.5");
+        let empty = model_list(&[]);
+        assert_eq!(empty["data"], serde_json::json!([]));
+        assert!(empty["first_id"].is_null() && empty["last_id"].is_null());
+    }
+
+    #[test]
+    fn inference_profiles_list_system_profiles_only() {
+        let c = catalog();
+        let sonnet = c.lookup("claude-sonnet-4-5").unwrap();
+        let team = c.lookup("team-sonnet").unwrap();
+        let bare = ModelEntry {
+            bedrock: Some("anthropic.claude-3-haiku-20240307-v1:0".into()),
+            ..sonnet.clone()
+        };
+        let answer = inference_profiles(&[sonnet, team, &bare]);
+        let profiles = answer["inferenceProfileSummaries"].as_array().unwrap();
+        // The ARN and the bare model ID are no system-defined profile.
+        assert_eq!(profiles.len(), 1);
+        let p = &profiles[0];
+        let id = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+        assert_eq!(p["inferenceProfileId"], id);
+        assert_eq!(p["inferenceProfileName"], "Claude Sonnet 4.5");
+        assert_eq!(
+            p["inferenceProfileArn"],
+            format!("arn:aws:bedrock:us-east-1::inference-profile/{id}")
+        );
+        assert_eq!(
+            p["models"][0]["modelArn"],
+            "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-sonnet-4-5-20250929-v1:0"
+        );
+        assert_eq!(p["type"], "SYSTEM_DEFINED");
+        assert_eq!(p["status"], "ACTIVE");
+        assert_eq!(
+            inference_profiles(&[]),
+            serde_json::json!({ "inferenceProfileSummaries": [] })
         );
     }
 
