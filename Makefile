@@ -33,6 +33,7 @@ test-e2e:
 
 ## lint: formatting and clippy, as CI checks them
 lint: setup-system
+	python3 scripts/check-architecture.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd plugins && cargo fmt --all -- --check && cargo clippy -q --all-targets -- -D warnings
@@ -40,6 +41,11 @@ lint: setup-system
 ## bench: the load bench (gateway vs calling the mock directly); writes benches/RESULTS.md
 bench: setup-system
 	benches/run-load.sh --write
+
+## bench-streams: 10,000 concurrent 60 s streams through the stock plugins; appends to benches/RESULTS.md
+.PHONY: bench-streams
+bench-streams: setup-system
+	benches/run-streams.sh --write
 
 setup-system:
 	scripts/setup-system.sh

@@ -1,4 +1,6 @@
-//! The `gateway` command line: `gateway run --config FILE` and `gateway check --config FILE`.
+//! The `gateway` command line: `gateway run` (serve; drains on SIGTERM/SIGINT, reloads on SIGHUP,
+//! `--upgrade` takes over a running gateway's listeners), `gateway check` (validate a
+//! configuration and its plugins), `gateway plugin test` and `gateway plugin componentize`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ use gateway::config::Config;
 #[command(
     name = "gateway",
     version,
-    about = "An LLM edge gateway for Bedrock clients"
+    about = "An LLM edge gateway in front of Amazon Bedrock, Vertex AI and the Anthropic API, with WebAssembly plugins"
 )]
 struct Cli {
     /// Log format on stderr: `text` (default) or `json` (one object per line).

@@ -481,16 +481,15 @@ impl BackendConfig {
                 found.push((key, e.to_string()));
             }
         }
-        let (region, secrets): (
-            Option<&Option<String>>,
-            Vec<(&'static str, &Option<String>)>,
-        ) = match self {
-            BackendConfig::Bedrock(c) => (Some(&c.region), vec![("bearer_token", &c.bearer_token)]),
-            BackendConfig::Vertex(c) => (
-                Some(&c.region),
-                vec![("credentials_file", &c.credentials_file)],
-            ),
-            BackendConfig::Anthropic(c) => (None, vec![("api_key", &c.api_key)]),
+        // A secret that usually comes from the environment, and the region, where the kind
+        // has them.
+        type Keyed<'a> = (&'static str, &'a Option<String>);
+        let (region, secret): (Option<&Option<String>>, Keyed<'_>) = match self {
+            BackendConfig::Bedrock(c) => (Some(&c.region), ("bearer_token", &c.bearer_token)),
+            BackendConfig::Vertex(c) => {
+                (Some(&c.region), ("credentials_file", &c.credentials_file))
+            }
+            BackendConfig::Anthropic(c) => (None, ("api_key", &c.api_key)),
         };
         match (self, region) {
             (BackendConfig::Vertex(_), Some(None)) => found.push((
@@ -520,10 +519,9 @@ impl BackendConfig {
             _ => {}
         }
         // Values that usually come from the environment: empty means it was not set.
-        for (key, value) in secrets {
-            if matches!(value, Some(v) if v.is_empty()) {
-                found.push((key, "is empty (is its environment variable set?)".into()));
-            }
+        let (key, value) = secret;
+        if matches!(value, Some(v) if v.is_empty()) {
+            found.push((key, "is empty (is its environment variable set?)".into()));
         }
         if let Some(betas) = self.accepted_betas() {
             if betas.iter().any(|b| b.is_empty() || b.contains(',')) {

@@ -206,7 +206,10 @@ mod tests {
             "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fp/invoke-with-response-stream?x=1"
         );
         assert_eq!(
-            crate::protocol::model_path::with_model(&info, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            crate::protocol::model_path::with_model(
+                &info,
+                "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+            ),
             "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream?x=1"
         );
     }

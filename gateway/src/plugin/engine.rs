@@ -21,8 +21,8 @@ use super::bindings::{Plugin, PluginPre};
 use super::epoch::Ticker;
 pub use super::epoch::EPOCH_TICK;
 use super::host::{HostServices, HostState};
-use super::instance::LoadedPlugin;
 pub use super::instance::Tier;
+use super::instance::{LoadedPlugin, Shared};
 use super::PluginError;
 use crate::config::{PluginConfig, PluginRuntimeConfig};
 
@@ -310,16 +310,12 @@ impl PluginEngine {
         let pre = self.link(&component, tier)?;
         // A 1.0 plugin was promised one instance for all phases of a request.
         let pinned = contract_minor(&self.tier(tier).engine, &component) == Some(0);
-        let plugin = Arc::new(LoadedPlugin::new(
-            Arc::clone(&self.ticker),
-            self.runtime.clone(),
-            Arc::clone(&self.services),
-            config,
-            pre,
-            hash,
-            tier,
-            pinned,
-        )?);
+        let shared = Shared {
+            ticker: Arc::clone(&self.ticker),
+            runtime: self.runtime.clone(),
+            services: Arc::clone(&self.services),
+        };
+        let plugin = Arc::new(LoadedPlugin::new(shared, config, pre, hash, tier, pinned)?);
         // Instantiate once and run `init`: a plugin that cannot start fails its load, not a request.
         let instance = plugin.instantiate().await?;
         plugin.keep_warm(instance);

@@ -114,17 +114,32 @@ pub struct PluginInstance {
     uses: u64,
 }
 
+/// What every loaded plugin shares: the epoch ticker, the runtime settings (breaker
+/// thresholds) and the host services.
+#[derive(Clone)]
+pub struct Shared {
+    /// The epoch ticker, woken when a call starts.
+    pub ticker: Arc<Ticker>,
+    /// `[plugin_runtime]`.
+    pub runtime: PluginRuntimeConfig,
+    /// The host services plugins import.
+    pub services: Arc<HostServices>,
+}
+
 impl LoadedPlugin {
     pub(super) fn new(
-        ticker: Arc<Ticker>,
-        runtime: PluginRuntimeConfig,
-        services: Arc<HostServices>,
+        shared: Shared,
         config: &PluginConfig,
         pre: PluginPre<HostState>,
         content_hash: String,
         tier: Tier,
         pinned: bool,
     ) -> Result<Self, PluginError> {
+        let Shared {
+            ticker,
+            runtime,
+            services,
+        } = shared;
         let config_json = serde_json::to_string(&config.config).map_err(|e| {
             PluginError::Init(format!(
                 "the plugin's config is not representable as JSON: {e}"
