@@ -60,12 +60,17 @@ THROTTLE_MESSAGE = "Too many requests, please wait before trying again."
 #   mock-throttle          -> 429 ThrottlingException (exact Bedrock header and body)
 #   mock-hang              -> read the request, never answer (records when the peer closed)
 #   mock-slow-stream[-N]   -> invoke-with-response-stream: N text deltas (default 150), one every 200 ms
+#                             (``MockBedrock(slow_stream_interval=...)`` or the attribute sets the pace)
+#   mock-big-stream[-N]    -> invoke-with-response-stream: N text deltas (default 4000) of 16 KiB each,
+#                             written as fast as the peer takes them (records when the peer closed)
 #   mock-stream-error      -> stream a few events, then an exception frame (throttlingException)
 #   mock-stall-stream      -> stream message_start, then send nothing more (records when the peer closed)
 #   mock-fail-500          -> 500 InternalServerException
-MARKERS = ("mock-throttle", "mock-hang", "mock-slow-stream", "mock-stream-error")
+MARKERS = ("mock-throttle", "mock-hang", "mock-slow-stream", "mock-big-stream", "mock-stream-error")
 SLOW_STREAM_INTERVAL = 0.2
 SLOW_STREAM_DEFAULT_FRAMES = 150
+BIG_STREAM_DEFAULT_DELTAS = 4000
+BIG_STREAM_DELTA_BYTES = 16 * 1024
 
 # Fixed, distinctive usage numbers so tests can find them in the gateway's logs.
 USAGE_INPUT = 1117
@@ -748,6 +753,9 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.search(r"mock-slow-stream(?:-(\d+))?", model_id)
         if m:
             return self._slow_stream(model_id, int(m.group(1) or SLOW_STREAM_DEFAULT_FRAMES))
+        m = re.search(r"mock-big-stream(?:-(\d+))?", model_id)
+        if m:
+            return self._big_stream(model_id, int(m.group(1) or BIG_STREAM_DEFAULT_DELTAS))
         if "mock-stall-stream" in model_id:
             self._start_stream()
             self._write_split(chunk_frame(self._anthropic_events(model_id, [])[0], 0))
@@ -786,7 +794,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write_chunk(frame[9:])
                 self.rec.stream_frames_sent += 1
                 if e["type"] == "content_block_delta":
-                    time.sleep(SLOW_STREAM_INTERVAL)
+                    time.sleep(self.mock.slow_stream_interval)
+            self._end_stream()
+            self.rec.stream_completed = True
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.rec.peer_closed_at = time.time()
+            self.close_connection = True
+
+    def _big_stream(self, model_id: str, n: int) -> None:
+        """``n`` deltas of ``BIG_STREAM_DELTA_BYTES`` each, one frame per HTTP chunk, without pause:
+        a peer that stops reading soon blocks the writes (its buffers fill up)."""
+        piece = ("0123456789abcdef" * (BIG_STREAM_DELTA_BYTES // 16))[:BIG_STREAM_DELTA_BYTES]
+        events = self._anthropic_events(model_id, [piece] * n)
+        self._start_stream()
+        try:
+            for i, e in enumerate(events):
+                if self.mock._stopping.is_set():
+                    break
+                self._write_chunk(chunk_frame(e, i))
+                self.rec.stream_frames_sent += 1
             self._end_stream()
             self.rec.stream_completed = True
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -895,8 +921,10 @@ class MockBedrock:
                  session_token: str | None = None, bearer_token: str = TEST_BEARER_TOKEN,
                  answer: str = DEFAULT_ANSWER, port: int = 0, host: str = "127.0.0.1",
                  tls: tuple[str, str] | None = None, split_delay: float = 0.002, verbose: bool = False,
-                 accepted_betas=ACCEPTED_BETAS, check_beta_header: bool = False):
+                 accepted_betas=ACCEPTED_BETAS, check_beta_header: bool = False,
+                 slow_stream_interval: float = SLOW_STREAM_INTERVAL):
         assert auth in ("sigv4", "bearer", "none")
+        self.slow_stream_interval = slow_stream_interval  # the pace of mock-slow-stream deltas
         self.accepted_betas = list(accepted_betas)
         self.check_beta_header = check_beta_header
         self._failure: tuple[int, int | None] | None = None

@@ -146,6 +146,64 @@ def raw_request(base: str, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
+@dataclass
+class RawExchange:
+    """What came back for a request sent with ``send_raw``: the answer, if one arrived, and what
+    went wrong on the way (the send cut short, the connection reset or closed without answer)."""
+    response: RawResponse | None
+    send_error: str | None = None
+    receive_error: str | None = None
+
+
+def send_raw(port: int, head: bytes, body: bytes = b"", timeout: float = 30,
+             host: str = "127.0.0.1") -> RawExchange:
+    """Send ``head`` (request line and headers, ending in a blank line) and ``body`` over a fresh
+    connection while reading the answer on the same socket: a server that answers before it read
+    the whole request (a header or body over its limits) is heard even though the rest of the
+    send then fails. Nothing is normalised or encoded."""
+    import threading
+
+    sock = socket.create_connection((host, port), timeout=timeout)
+    out = RawExchange(None)
+
+    def send():
+        try:
+            sock.sendall(head + body)
+        except OSError as e:
+            out.send_error = repr(e)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        r = http.client.HTTPResponse(sock)
+        r.begin()
+        data = r.read()
+        out.response = RawResponse(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    except (OSError, http.client.HTTPException) as e:
+        out.receive_error = repr(e)
+    finally:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        sender.join(timeout=timeout)
+    return out
+
+
+def request_head(method: str, target: str, headers: dict[str, str] | list[tuple[str, str]] | None = None,
+                 body: bytes = b"") -> bytes:
+    """An HTTP/1.1 request head (with ``Host`` and, for a body, ``Content-Length``) as bytes."""
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    names = {k.lower() for k, _ in items}
+    if "host" not in names:
+        items.insert(0, ("Host", "127.0.0.1"))
+    if body and "content-length" not in names and "transfer-encoding" not in names:
+        items.append(("Content-Length", str(len(body))))
+    lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in items]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 # ------------------------------------------------------------------------------------------------
 # Claude Code
 # ------------------------------------------------------------------------------------------------

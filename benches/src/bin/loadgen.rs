@@ -18,6 +18,7 @@ use bytes::Bytes;
 use gateway_benches::args::Args;
 use gateway_benches::fixtures;
 use gateway_benches::stats::Summary;
+use gateway_benches::target::split_base_url;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
@@ -231,26 +232,6 @@ fn run() -> Result<bool, String> {
     Ok(merged.errors == 0 && ok > 0)
 }
 
-/// `http://host:port/prefix` → (`host:port`, `/prefix` without a trailing slash).
-fn split_base_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// targets are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    let authority = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path.trim_end_matches('/').to_string()))
-}
-
 async fn drive(
     plan: Arc<Plan>,
     connections: usize,
@@ -455,22 +436,4 @@ struct Measure {
     head: u64,
     first_byte: Option<u64>,
     len: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_base_url;
-
-    #[test]
-    fn base_urls() {
-        assert_eq!(
-            split_base_url("http://127.0.0.1:8080/bedrock/").unwrap(),
-            ("127.0.0.1:8080".into(), "/bedrock".into())
-        );
-        assert_eq!(
-            split_base_url("http://localhost").unwrap(),
-            ("localhost:80".into(), "".into())
-        );
-        assert!(split_base_url("https://x").is_err());
-    }
 }

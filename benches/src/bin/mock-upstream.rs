@@ -10,6 +10,10 @@
 //!
 //! `GET /inference-profiles` and `GET /foundation-models` answer empty lists, so the mock can
 //! also serve as a control endpoint.
+//!
+//! Pacing mode (`--stream-seconds 60 --events-per-second 1`, what `run-streams.sh` uses) spaces
+//! a stream's frames like a model generating tokens: one frame every second for a minute, so
+//! that thousands of streams stay open at once. A paced stream costs the mock one timer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,7 +34,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::time::Sleep;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 const USAGE: &str = "\
 mock-upstream: a fast mock of the Bedrock runtime for load tests
@@ -40,7 +44,10 @@ mock-upstream: a fast mock of the Bedrock runtime for load tests
   --invoke-bytes N         size of the InvokeModel JSON answer (default 2048)
   --deltas N               content_block_delta events per stream (default 20)
   --delta-bytes N          text bytes per delta (default 40)
-  --frame-interval-us N    pause between stream frames, 0 = none (default 0)";
+  --frame-interval-us N    time between stream frames, on a fixed schedule; 0 = none (default 0)
+  --stream-seconds S       pacing mode: each stream lasts S seconds, one frame every
+                           1/R s (S x R + 1 frames; sets --deltas and --frame-interval-us)
+  --events-per-second R    with --stream-seconds (default 1)";
 
 /// Everything a request can be answered with, built once.
 struct Answers {
@@ -68,10 +75,22 @@ fn run() -> Result<(), String> {
     let listen: SocketAddr = args.get("listen", "127.0.0.1:18080".parse().expect("static"))?;
     let threads: usize = args.get("threads", 1)?;
     let invoke_bytes: usize = args.get("invoke-bytes", 2048)?;
-    let deltas: usize = args.get("deltas", 20)?;
+    let mut deltas: usize = args.get("deltas", 20)?;
     let delta_bytes: usize = args.get("delta-bytes", 40)?;
-    let interval_us: u64 = args.get("frame-interval-us", 0)?;
+    let mut interval_us: u64 = args.get("frame-interval-us", 0)?;
+    let stream_seconds: Option<u64> = args.opt("stream-seconds")?;
+    let events_per_second: u64 = args.get("events-per-second", 1)?;
     args.finish()?;
+    if let Some(seconds) = stream_seconds {
+        // The frames are message_start, content_block_start, the deltas and three closing
+        // events; the first goes out at once, each of the others 1/R s after the one before.
+        let frames = seconds * events_per_second + 1;
+        if events_per_second == 0 || frames < 6 {
+            return Err("--stream-seconds x --events-per-second must be at least 5".into());
+        }
+        deltas = (frames - 5) as usize;
+        interval_us = 1_000_000 / events_per_second;
+    }
 
     let (invoke_body, output_tokens) = fixtures::invoke_answer(invoke_bytes);
     let frames = fixtures::stream_frames(&fixtures::stream_events(deltas, delta_bytes));
@@ -104,9 +123,13 @@ fn run() -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         // run-load.sh waits for this line.
         println!(
-            "mock-upstream listening on http://{local} (invoke answer {} B, stream {} frames / {stream_len} B)",
+            "mock-upstream listening on http://{local} (invoke answer {} B, stream {} frames / {stream_len} B{})",
             answers.invoke_body.len(),
-            answers.stream_frames.len()
+            answers.stream_frames.len(),
+            match answers.frame_interval {
+                Some(i) => format!(", one every {i:?}"),
+                None => String::new(),
+            }
         );
         loop {
             let (stream, _) = match listener.accept().await {
@@ -176,6 +199,7 @@ async fn answer(
             frames: answers.stream_frames.clone(),
             next: 0,
             interval: answers.frame_interval,
+            started: None,
             sleep: None,
         });
         let h = r.headers_mut();
@@ -233,6 +257,9 @@ enum MockBody {
         frames: Arc<[Bytes]>,
         next: usize,
         interval: Option<Duration>,
+        /// When the first frame left: frame `n` is due `n` intervals after it (a fixed
+        /// schedule, so a busy mock does not stretch a paced stream).
+        started: Option<Instant>,
         sleep: Option<Pin<Box<Sleep>>>,
     },
 }
@@ -251,18 +278,22 @@ impl Body for MockBody {
                 frames,
                 next,
                 interval,
+                started,
                 sleep,
             } => {
                 if *next >= frames.len() {
                     return Poll::Ready(None);
                 }
-                if let (Some(interval), true) = (interval, *next > 0) {
-                    let timer =
-                        sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*interval)));
-                    if timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
+                if let Some(interval) = interval {
+                    let start = *started.get_or_insert_with(Instant::now);
+                    if *next > 0 {
+                        let due = start + *interval * *next as u32;
+                        let timer = sleep.get_or_insert_with(|| Box::pin(sleep_until(due)));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        *sleep = None;
                     }
-                    *sleep = None;
                 }
                 *next += 1;
                 Poll::Ready(Some(Ok(Frame::data(frames[*next - 1].clone()))))
