@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora_core::connectors::http::Connector;
 
 use super::bindings::llm_gateway::plugin::jwt;
+use crate::upstream::error::FetchError;
 use crate::upstream::fetch::fetch;
 
 const JWKS_TTL: Duration = Duration::from_secs(600);
@@ -20,6 +21,23 @@ const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
 const JWKS_MAX_BYTES: usize = 1024 * 1024;
 /// Bounds a whole JWKS fetch: resolving, connecting, sending, reading.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a JWKS document could not be had. Plugins get its text (the WIT contract's `string`).
+#[derive(Debug, thiserror::Error)]
+enum JwksError {
+    /// The URL could not be fetched (unreachable, timed out, too large...).
+    #[error("fetching the JWKS: {0}")]
+    Fetch(#[from] FetchError),
+    /// The URL answered with another status than 200.
+    #[error("fetching the JWKS from {url}: status {status}")]
+    Status { url: String, status: u16 },
+    /// The answer is not a JWKS document.
+    #[error("the JWKS from {url} is not valid: {source}")]
+    Invalid {
+        url: String,
+        source: serde_json::Error,
+    },
+}
 
 struct CachedJwks {
     set: JwkSet,
@@ -163,7 +181,7 @@ impl JwtVerifier {
         if !refetch {
             return Err(format!("no key with kid {kid:?} in the JWKS"));
         }
-        let set = self.fetch_jwks(url).await?;
+        let set = self.fetch_jwks(url).await.map_err(|e| e.to_string())?;
         let found = find(&set);
         self.jwks.lock().map_err(|_| "JWKS cache poisoned")?.insert(
             url.to_string(),
@@ -175,7 +193,7 @@ impl JwtVerifier {
         found.unwrap_or_else(|| Err(format!("no key with kid {kid:?} in the JWKS")))
     }
 
-    async fn fetch_jwks(&self, url: &str) -> Result<JwkSet, String> {
+    async fn fetch_jwks(&self, url: &str) -> Result<JwkSet, JwksError> {
         let (status, body) = fetch(
             &self.connector,
             "GET",
@@ -185,12 +203,17 @@ impl JwtVerifier {
             FETCH_TIMEOUT,
             JWKS_MAX_BYTES,
         )
-        .await
-        .map_err(|e| format!("fetching the JWKS: {e}"))?;
+        .await?;
         if status != 200 {
-            return Err(format!("fetching the JWKS from {url}: status {status}"));
+            return Err(JwksError::Status {
+                url: url.to_string(),
+                status,
+            });
         }
-        serde_json::from_slice(&body).map_err(|e| format!("the JWKS from {url} is not valid: {e}"))
+        serde_json::from_slice(&body).map_err(|source| JwksError::Invalid {
+            url: url.to_string(),
+            source,
+        })
     }
 }
 
@@ -357,5 +380,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("status 404"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn jwks_failures_reach_plugins_in_their_words() {
+        use crate::upstream::fetch::test_server::serve;
+
+        let (base, _) = serve(|_| (200, "not json".into())).await;
+        let v = JwtVerifier::new();
+        let invalid = v
+            .fetch_jwks(&format!("{base}/jwks.json"))
+            .await
+            .unwrap_err();
+        assert!(matches!(invalid, JwksError::Invalid { .. }), "{invalid}");
+        assert!(invalid
+            .to_string()
+            .starts_with(&format!("the JWKS from {base}/jwks.json is not valid: ")));
+        let unreachable = v.fetch_jwks("ftp://example.com/jwks").await.unwrap_err();
+        assert!(
+            matches!(&unreachable, JwksError::Fetch(e) if !e.is_retryable()),
+            "{unreachable}"
+        );
+        assert!(unreachable
+            .to_string()
+            .starts_with("fetching the JWKS: GET ftp://example.com/jwks: "));
     }
 }

@@ -1,19 +1,23 @@
 //! Steps 4 and 5 of a request: the plan's backends in turn, each prepared (translated and
 //! signed for its protocol) and sent, until one answers.
 //!
-//! [`fails_over`] is the whole policy: a backend that could not be prepared, could not be
-//! reached, did not answer within the first-byte timeout, broke before answering, or
-//! answered 429 or 5xx hands the request to the next one, as long as nothing has reached the
-//! client and it is not the last. The last one's answer, whatever it is, goes to the client
-//! unchanged. Each failure also counts against the backend's passive health.
+//! [`fails_over`] is the whole policy: a backend that failed before answering with a retryable
+//! [`UpstreamFailure`] (it could not be prepared, could not be reached, did not answer within
+//! the first-byte timeout, broke before answering), or answered 429 or 5xx, hands the request
+//! to the next one, as long as nothing has reached the client and it is not the last. The
+//! last one's answer, whatever it is, goes to the client unchanged; its failure is rendered
+//! as a [`GatewayError`] only then. Each failure to send or answer also counts against the
+//! backend's passive health.
+
+use std::fmt::Display;
 
 use bytes::Bytes;
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::send::FailureKind;
 use super::{ClientRequest, Gateway, Stop};
 use crate::protocol::error::GatewayError;
+use crate::upstream::error::{PrepareError, UpstreamFailure};
 use crate::upstream::route::Candidate;
 use crate::upstream::{Backend, UpstreamRequest};
 use crate::wire::translate::{self, Target};
@@ -21,12 +25,23 @@ use crate::wire::translate::{self, Target};
 /// How one backend took the request, as failover sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tried {
-    /// The request could not be translated or signed for it.
-    Unprepared,
-    /// The exchange failed before an answer's head came.
-    Failed(FailureKind),
+    /// No answer came: it could not be prepared, reached, or failed before answering; whether
+    /// another backend may take the request is the failure's to say.
+    Failed {
+        /// [`UpstreamFailure::is_retryable`].
+        retryable: bool,
+    },
     /// It answered with this status.
     Answered(u16),
+}
+
+impl From<&UpstreamFailure> for Tried {
+    #[inline]
+    fn from(failure: &UpstreamFailure) -> Self {
+        Tried::Failed {
+            retryable: failure.is_retryable(),
+        }
+    }
 }
 
 /// Whether a status says the backend could not take the request now (and another may).
@@ -43,7 +58,7 @@ pub(super) fn fails_over(tried: Tried, last: bool, response_started: bool) -> bo
         return false;
     }
     match tried {
-        Tried::Unprepared | Tried::Failed(_) => true,
+        Tried::Failed { retryable } => retryable,
         Tried::Answered(status) => retryable_status(status),
     }
 }
@@ -64,12 +79,13 @@ impl Gateway {
             ctx.try_backend(&backend.name, candidate.model.clone());
             let prepared = match self.prepare(session, ctx, request, candidate) {
                 Ok(p) => p,
-                Err(e) if !fails_over(Tried::Unprepared, last, ctx.response_started()) => {
-                    return Err(e.into())
-                }
-                Err(e) => {
-                    tracing::info!(request_id = %ctx.request_id(), backend = %backend.name, error = %e, "backend skipped: the request cannot be prepared for it");
-                    ctx.push_attempt(&backend.name, "unprepared");
+                Err(cause) => {
+                    let failure = UpstreamFailure::unprepared(&backend.name, cause);
+                    if !fails_over(Tried::from(&failure), last, ctx.response_started()) {
+                        return Err(GatewayError::from(failure).into());
+                    }
+                    tracing::info!(request_id = %ctx.request_id(), backend = %backend.name, error = %failure, "backend skipped: the request cannot be prepared for it");
+                    ctx.push_attempt(&backend.name, failure.attempt_label());
                     continue;
                 }
             };
@@ -78,13 +94,12 @@ impl Gateway {
             let upstream = match self.while_client_waits(session, sent).await? {
                 Ok(upstream) => upstream,
                 Err(failure) => {
-                    ctx.push_attempt(&backend.name, failure.kind.as_str());
+                    ctx.push_attempt(&backend.name, failure.attempt_label());
                     self.record_health(backend, false);
-                    let tried = Tried::Failed(failure.kind);
-                    if !fails_over(tried, last, ctx.response_started()) {
-                        return Err(failure.error.into());
+                    if !fails_over(Tried::from(&failure), last, ctx.response_started()) {
+                        return Err(GatewayError::from(failure).into());
                     }
-                    self.failover(ctx, backend, &failure.error.to_string());
+                    self.failover(ctx, backend, &failure);
                     continue;
                 }
             };
@@ -96,7 +111,7 @@ impl Gateway {
             ctx.push_attempt(&backend.name, status);
             if fails_over(Tried::Answered(status), last, ctx.response_started()) {
                 // Nothing has reached the client yet; the answer is dropped with its connection.
-                self.failover(ctx, backend, &format!("status {status}"));
+                self.failover(ctx, backend, &format_args!("status {status}"));
                 continue;
             }
             return self
@@ -113,7 +128,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         request: &ClientRequest,
         candidate: &Candidate,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    ) -> Result<UpstreamRequest, PrepareError> {
         let backend = &candidate.backend;
         let client = session.req_header();
         let headers = request.edited_headers.as_ref().unwrap_or(&client.headers);
@@ -137,8 +152,10 @@ impl Gateway {
             );
             ctx.note_dropped_betas(&outgoing.dropped_betas);
         }
-        self.upstreams
-            .prepare(backend, outgoing, &client.method, headers, ctx.request_id())
+        let prepared =
+            self.upstreams
+                .prepare(backend, outgoing, &client.method, headers, ctx.request_id())?;
+        Ok(prepared)
     }
 
     /// Counts one answer for or against the backend's passive health.
@@ -154,7 +171,7 @@ impl Gateway {
     }
 
     /// Logs and counts a failover away from `backend`.
-    fn failover(&self, ctx: &RequestCtx, backend: &Backend, why: &str) {
+    fn failover(&self, ctx: &RequestCtx, backend: &Backend, why: &dyn Display) {
         tracing::info!(request_id = %ctx.request_id(), backend = %backend.name, reason = %why, "failing over to the next backend");
         self.metrics
             .failovers
@@ -165,20 +182,58 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    const EVERY_FAILURE: [Tried; 4] = [
-        Tried::Unprepared,
-        Tried::Failed(FailureKind::ConnectError),
-        Tried::Failed(FailureKind::Timeout),
-        Tried::Failed(FailureKind::Broken),
-    ];
+    use pingora_error::{Error, ErrorType};
+
+    use super::*;
+    use crate::wire::error::TranslateError;
+
+    /// One failure of each kind, as the data plane builds them.
+    fn every_failure() -> Vec<UpstreamFailure> {
+        let b: Arc<str> = Arc::from("b");
+        vec![
+            UpstreamFailure::unprepared(
+                &b,
+                TranslateError::BedrockOnly {
+                    operation: "converse",
+                },
+            ),
+            UpstreamFailure::unprepared(&b, GatewayError::Unavailable("no token yet".into())),
+            UpstreamFailure::connect(&b, Error::new(ErrorType::ConnectRefused)),
+            UpstreamFailure::connect(&b, Error::new(ErrorType::TLSHandshakeFailure)),
+            UpstreamFailure::first_byte_timeout(
+                &b,
+                Duration::from_secs(30),
+                Error::new(ErrorType::ReadTimedout),
+            ),
+            UpstreamFailure::send(&b, Error::new(ErrorType::ConnectionClosed)),
+            UpstreamFailure::stale_connections(&b, Error::new(ErrorType::ConnectionClosed)),
+        ]
+    }
+
+    fn every_failure_tried() -> Vec<Tried> {
+        every_failure().iter().map(Tried::from).collect()
+    }
 
     #[test]
     fn failures_before_an_answer_fail_over() {
-        for tried in EVERY_FAILURE {
-            assert!(fails_over(tried, false, false), "{tried:?}");
+        for failure in every_failure() {
+            assert!(
+                fails_over(Tried::from(&failure), false, false),
+                "{failure:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_failure_that_is_not_retryable_goes_to_the_client() {
+        assert!(!fails_over(
+            Tried::Failed { retryable: false },
+            false,
+            false
+        ));
     }
 
     #[test]
@@ -203,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_last_backend_answers_whatever_happened() {
-        for tried in EVERY_FAILURE
+        for tried in every_failure_tried()
             .into_iter()
             .chain([429, 500, 503, 200, 400].map(Tried::Answered))
         {
@@ -213,7 +268,7 @@ mod tests {
 
     #[test]
     fn nothing_fails_over_once_the_client_has_bytes() {
-        for tried in EVERY_FAILURE
+        for tried in every_failure_tried()
             .into_iter()
             .chain([429, 500, 503].map(Tried::Answered))
         {
@@ -229,5 +284,14 @@ mod tests {
         assert!(!retryable_status(200));
         assert!(!retryable_status(404));
         assert!(!retryable_status(499));
+    }
+
+    #[test]
+    fn the_last_backends_failure_is_answered_with_its_own_status() {
+        let statuses: Vec<u16> = every_failure()
+            .into_iter()
+            .map(|f| GatewayError::from(f).status())
+            .collect();
+        assert_eq!(statuses, [400, 503, 503, 503, 503, 503, 503]);
     }
 }

@@ -3,8 +3,10 @@
 //! watching the client and the gateway's stop.
 //!
 //! What fails here has sent nothing to the client, so the failover loop may try the next
-//! backend; the [`FailureKind`] is what the attempts log and the failover decision see.
+//! backend; the [`UpstreamFailure`] (its kind, whether it is retryable, Pingora's error) is
+//! what the attempts log and the failover decision see.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,35 +18,7 @@ use pingora_proxy::Session;
 use super::ctx::Outcome;
 use super::{Gateway, Stop};
 use crate::protocol::error::GatewayError;
-
-/// How an exchange failed before an answer came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FailureKind {
-    /// No connection could be made.
-    ConnectError,
-    /// The answer's head did not come within the first-byte timeout.
-    Timeout,
-    /// The connection broke while the request was written or the head read.
-    Broken,
-}
-
-impl FailureKind {
-    /// The name in the attempts log (`backend:connect-error`).
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::ConnectError => "connect-error",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Broken => "error",
-        }
-    }
-}
-
-/// Why an upstream exchange failed before an answer came: its kind and the error to answer
-/// with when no other backend is left.
-pub(super) struct SendFailure {
-    pub(super) kind: FailureKind,
-    pub(super) error: GatewayError,
-}
+use crate::upstream::error::UpstreamFailure;
 
 impl Gateway {
     /// Connects, writes the request and waits for the response head. A pooled connection that
@@ -54,22 +28,16 @@ impl Gateway {
         peer: &HttpPeer,
         header: pingora_http::RequestHeader,
         body: Bytes,
-        backend: &str,
+        backend: &Arc<str>,
         first_byte: Duration,
-    ) -> Result<UpstreamSession, SendFailure> {
-        let mut last_error = String::new();
-        for _attempt in 0..2 {
-            let (mut upstream, reused) =
-                self.connector
-                    .get_http_session(peer)
-                    .await
-                    .map_err(|e| SendFailure {
-                        kind: FailureKind::ConnectError,
-                        error: GatewayError::Unavailable(format!(
-                            "backend {backend} is unreachable: {}",
-                            e.etype().as_str()
-                        )),
-                    })?;
+    ) -> Result<UpstreamSession, UpstreamFailure> {
+        let mut retried = false;
+        loop {
+            let (mut upstream, reused) = self
+                .connector
+                .get_http_session(peer)
+                .await
+                .map_err(|e| UpstreamFailure::connect(backend, e))?;
             let answered = match write_request(&mut upstream, &header, &body).await {
                 Ok(()) => {
                     // Pingora's own read timeout (a lazily registered timer) rather than a
@@ -77,13 +45,7 @@ impl Gateway {
                     upstream.set_read_timeout(Some(first_byte));
                     match upstream.read_response_header().await {
                         Err(e) if e.etype() == &ErrorType::ReadTimedout => {
-                            return Err(SendFailure {
-                                kind: FailureKind::Timeout,
-                                error: GatewayError::Unavailable(format!(
-                                    "backend {backend} did not answer within {}",
-                                    humantime::format_duration(first_byte)
-                                )),
-                            })
+                            return Err(UpstreamFailure::first_byte_timeout(backend, first_byte, e))
                         }
                         r => r,
                     }
@@ -93,13 +55,15 @@ impl Gateway {
             match answered {
                 Ok(()) => return Ok(upstream),
                 Err(e) if reused => {
-                    last_error = e.to_string();
-                    tracing::debug!(backend, error = %e, "pooled upstream connection was stale; retrying on a new one");
+                    tracing::debug!(backend = %backend, error = %e, "pooled upstream connection was stale; retrying on a new one");
+                    if retried {
+                        return Err(UpstreamFailure::stale_connections(backend, e));
+                    }
+                    retried = true;
                 }
-                Err(e) => return Err(broken(backend, e.etype().as_str())),
+                Err(e) => return Err(UpstreamFailure::send(backend, e)),
             }
         }
-        Err(broken(backend, &last_error))
     }
 
     /// Waits for `upstream` (a send, up to the answer's head) while watching the client: a
@@ -138,14 +102,4 @@ async fn write_request(
         upstream.write_request_body(body.clone(), true).await?;
     }
     upstream.finish_request_body().await
-}
-
-/// The exchange broke before an answer came.
-fn broken(backend: &str, why: &str) -> SendFailure {
-    SendFailure {
-        kind: FailureKind::Broken,
-        error: GatewayError::Unavailable(format!(
-            "backend {backend} failed before answering: {why}"
-        )),
-    }
 }

@@ -24,6 +24,7 @@ use super::ctx::{Outcome, RequestCtx};
 use super::{Gateway, Stop};
 use crate::protocol::error::GatewayError;
 use crate::upstream::forwards_response_header;
+use crate::wire::error::TranslateError;
 use crate::wire::translate::ResponseTranslation;
 use crate::wire::usage::UsageObserver;
 
@@ -190,7 +191,7 @@ fn translate_burst(
     translation: &mut ResponseTranslation,
     arrived: &mut Vec<Bytes>,
     translated: &mut Vec<Bytes>,
-) -> Result<Option<Bytes>, String> {
+) -> Result<Option<Bytes>, TranslateError> {
     for chunk in arrived.drain(..) {
         translation.chunk(&chunk, translated)?;
     }

@@ -15,15 +15,17 @@ use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 
-use super::Endpoint;
+use super::endpoint::Endpoint;
+use super::error::{BoxError, FetchError, FetchTarget};
 
 /// Sends one request to `url` and returns the answer's status and body, whatever the status.
 ///
 /// `url` is `http(s)://host[:port]/path[?query]`; the host is resolved on each call. The
 /// `host` header is set from the URL and `content-length` from `body`; `headers` adds the rest.
 /// `timeout` bounds the whole exchange (and each connect, read and write within it). A body
-/// longer than `max_body` bytes is an error. Errors are text meant for logs: they name the URL
-/// but never carry the request's headers or body, so secrets sent in them cannot leak there.
+/// longer than `max_body` bytes is an error. Errors say what failed and whether asking again
+/// may help ([`FetchError::is_retryable`]); their text names the URL but never carries the
+/// request's headers or body, so secrets sent in them cannot leak there.
 pub async fn fetch(
     connector: &Connector,
     method: &str,
@@ -32,12 +34,41 @@ pub async fn fetch(
     body: Option<Bytes>,
     timeout: Duration,
     max_body: usize,
-) -> Result<(u16, Bytes), String> {
+) -> Result<(u16, Bytes), FetchError> {
+    let target = || FetchTarget::new(method, url);
     let exchange = exchange(connector, method, url, headers, body, timeout, max_body);
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("{method} {url} timed out after {timeout:?}"))?
-        .map_err(|e| format!("{method} {url}: {e}"))
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(failed)) => Err(failed.into_error(target())),
+        Err(_) => Err(FetchError::Timeout {
+            target: target(),
+            after: timeout,
+        }),
+    }
+}
+
+/// What failed inside [`exchange`], before [`fetch`] names the request it was.
+enum Failed {
+    Invalid(String),
+    Resolve(String),
+    Connect(Box<pingora_error::Error>),
+    Broken(Box<pingora_error::Error>),
+    TooLarge(usize),
+}
+
+impl Failed {
+    fn into_error(self, target: FetchTarget) -> FetchError {
+        match self {
+            Failed::Invalid(reason) => FetchError::Invalid { target, reason },
+            Failed::Resolve(reason) => FetchError::Resolve { target, reason },
+            Failed::Connect(e) => FetchError::connecting(target, e),
+            Failed::Broken(e) => FetchError::Broken {
+                target,
+                source: e as BoxError,
+            },
+            Failed::TooLarge(limit) => FetchError::TooLarge { target, limit },
+        }
+    }
 }
 
 /// The exchange [`fetch`] runs under its deadline: resolve, connect, send, read the answer.
@@ -49,37 +80,41 @@ async fn exchange(
     body: Option<Bytes>,
     timeout: Duration,
     max_body: usize,
-) -> Result<(u16, Bytes), String> {
-    let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
+) -> Result<(u16, Bytes), Failed> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| Failed::Invalid("not a URL".into()))?;
     let (endpoint, peer) = resolve_peer(&uri, timeout).await?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let req = request_head(method, path, &endpoint.authority, headers, body.as_ref())?;
     let (mut session, _reused) = connector
         .get_http_session(&peer)
         .await
-        .map_err(|e| e.to_string())?;
-    send_request(&mut session, req, body).await?;
+        .map_err(Failed::Connect)?;
+    send_request(&mut session, req, body)
+        .await
+        .map_err(Failed::Broken)?;
     // The session is dropped, not returned to the pool: these calls are minutes apart.
     read_answer(&mut session, max_body).await
 }
 
 /// The endpoint of `uri`'s origin, its host resolved now, and a peer for it with `timeout` on
 /// every connect, read and write.
-async fn resolve_peer(uri: &http::Uri, timeout: Duration) -> Result<(Endpoint, HttpPeer), String> {
+async fn resolve_peer(uri: &http::Uri, timeout: Duration) -> Result<(Endpoint, HttpPeer), Failed> {
     // `Endpoint` takes an origin (it refuses queries, which belong to the request here).
     let origin = format!(
         "{}://{}",
         uri.scheme_str().unwrap_or("https"),
         uri.authority().map(|a| a.as_str()).unwrap_or_default()
     );
-    let endpoint = Endpoint::parse(&origin).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::parse(&origin).map_err(|e| Failed::Invalid(e.to_string()))?;
     endpoint
         .resolve()
         .await
-        .map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?;
+        .map_err(|e| Failed::Resolve(format!("cannot resolve {}: {e}", endpoint.host)))?;
     let addr = endpoint
         .addr()
-        .ok_or_else(|| format!("{} has no address", endpoint.host))?;
+        .ok_or_else(|| Failed::Resolve(format!("{} has no address", endpoint.host)))?;
     let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
     peer.options.connection_timeout = Some(timeout);
     peer.options.total_connection_timeout = Some(timeout);
@@ -97,18 +132,18 @@ fn request_head(
     authority: &str,
     headers: &[(&str, &str)],
     body: Option<&Bytes>,
-) -> Result<RequestHeader, String> {
-    let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
-    req.insert_header("host", authority)
-        .map_err(|e| e.to_string())?;
+) -> Result<RequestHeader, Failed> {
+    let invalid = |e: Box<pingora_error::Error>| Failed::Invalid(e.to_string());
+    let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(invalid)?;
+    req.insert_header("host", authority).map_err(invalid)?;
     for (name, value) in headers {
         // The header's name only: its value may be a credential.
         req.insert_header(name.to_string(), *value)
-            .map_err(|_| format!("invalid value for header {name}"))?;
+            .map_err(|_| Failed::Invalid(format!("invalid value for header {name}")))?;
     }
     if let Some(b) = body {
         req.insert_header("content-length", b.len().to_string())
-            .map_err(|e| e.to_string())?;
+            .map_err(invalid)?;
     }
     Ok(req)
 }
@@ -118,41 +153,28 @@ async fn send_request(
     session: &mut HttpSession,
     req: RequestHeader,
     body: Option<Bytes>,
-) -> Result<(), String> {
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(|e| e.to_string())?;
+) -> pingora_error::Result<()> {
+    session.write_request_header(Box::new(req)).await?;
     if let Some(b) = body.filter(|b| !b.is_empty()) {
-        session
-            .write_request_body(b, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        session.write_request_body(b, true).await?;
     }
-    session
-        .finish_request_body()
-        .await
-        .map_err(|e| e.to_string())
+    session.finish_request_body().await
 }
 
 /// Reads the answer's status and whole body; a body longer than `max_body` bytes is an error.
-async fn read_answer(session: &mut HttpSession, max_body: usize) -> Result<(u16, Bytes), String> {
+async fn read_answer(session: &mut HttpSession, max_body: usize) -> Result<(u16, Bytes), Failed> {
     session
         .read_response_header()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Failed::Broken)?;
     let status = session
         .response_header()
         .map(|h| h.status.as_u16())
         .unwrap_or(0);
     let mut answer = BytesMut::new();
-    while let Some(chunk) = session
-        .read_response_body()
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    while let Some(chunk) = session.read_response_body().await.map_err(Failed::Broken)? {
         if answer.len() + chunk.len() > max_body {
-            return Err(format!("the answer is larger than {max_body} bytes"));
+            return Err(Failed::TooLarge(max_body));
         }
         answer.extend_from_slice(&chunk);
     }
@@ -344,7 +366,12 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.contains("larger than 4 bytes"), "{err}");
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 4, .. }),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("larger than 4 bytes"), "{err}");
     }
 
     #[tokio::test]
@@ -366,7 +393,32 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.to_lowercase().contains("timed"), "{err}");
+        assert!(err.to_string().to_lowercase().contains("timed"), "{err}");
+        assert!(err.is_retryable(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_retryable_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let err = fetch(
+            &Connector::new(None),
+            "GET",
+            &url,
+            &[],
+            None,
+            Duration::from_secs(5),
+            1024,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, FetchError::Connect { .. }), "{err}");
+        assert!(err.is_retryable());
+        assert!(
+            err.to_string().starts_with(&format!("GET {url}: ")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -382,7 +434,9 @@ mod tests {
                 1024,
             )
             .await;
-            assert!(fetched.is_err(), "{bad}");
+            let err = fetched.unwrap_err();
+            assert!(matches!(err, FetchError::Invalid { .. }), "{bad}: {err}");
+            assert!(!err.is_retryable(), "{bad}");
         }
     }
 }

@@ -28,6 +28,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_core::connectors::http::Connector;
 use serde_json::Value;
 
+use super::error::FetchError;
 use super::fetch::fetch;
 
 /// The scope Vertex AI needs.
@@ -115,6 +116,36 @@ pub enum GoogleAuthError {
         /// The URI.
         uri: String,
     },
+}
+
+/// Why no access token could be had this time (the refresh task tries again).
+///
+/// Its text has every secret of the exchange (assertion, refresh token, client secret) taken
+/// out, whatever the server echoed.
+#[derive(Debug, thiserror::Error)]
+pub enum GoogleTokenError {
+    /// An assertion was asked of credentials that are not a service account's.
+    #[error("not a service account")]
+    NotServiceAccount,
+    /// The service account's assertion could not be signed.
+    #[error("cannot sign the token request: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    /// The token endpoint or metadata server gave no token: unreachable, timed out, refused
+    /// the grant (with Google's error text), or answered without a usable token.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+impl GoogleTokenError {
+    /// Whether asking again soon may succeed (a connection, a timeout, a 429 or 5xx); a
+    /// refused grant or a key that cannot sign needs someone to fix the credentials. The
+    /// refresh task retries either way, with back-off: credentials get fixed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GoogleTokenError::Fetch(e) => e.is_retryable(),
+            GoogleTokenError::NotServiceAccount | GoogleTokenError::Sign(_) => false,
+        }
+    }
 }
 
 /// An access token and when it stops working.
@@ -303,12 +334,17 @@ impl GoogleCredentials {
                         }
                         refresh_after(fetched.expires_in)
                     }
-                    Err(message) => {
+                    Err(error) => {
+                        // Shortened after the secrets were taken out (by `fetch_token`), so
+                        // no partial secret survives at the cut.
+                        let message: String =
+                            error.to_string().chars().take(MAX_ERROR_TEXT).collect();
                         tracing::warn!(
                             backend = %backend,
                             source = this.source.kind(),
                             identity = %this.source.identity(),
                             error = %message,
+                            retryable = error.is_retryable(),
                             "cannot load a Google access token"
                         );
                         if let Ok(mut e) = this.last_error.lock() {
@@ -335,7 +371,7 @@ impl GoogleCredentials {
 
     /// Asks the source for a new token. The error text has every secret of the exchange
     /// (assertion, refresh token, client secret) taken out, whatever the server echoed.
-    async fn fetch_token(&self, connector: &Connector) -> Result<Fetched, String> {
+    async fn fetch_token(&self, connector: &Connector) -> Result<Fetched, GoogleTokenError> {
         let form = |pairs: &[(&str, &str)]| {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.extend_pairs(pairs);
@@ -403,17 +439,13 @@ impl GoogleCredentials {
             }
         };
         let outcome = fetched.and_then(|(status, body)| read_token_answer(url, status, &body));
-        // Redacted before it is shortened, so no partial secret survives at the cut.
-        outcome.map_err(|message| {
-            redact(message, &secrets)
-                .chars()
-                .take(MAX_ERROR_TEXT)
-                .collect()
-        })
+        // Every text the server may have written, its error and what a broken exchange quotes
+        // of its answer, has the secrets taken out.
+        outcome.map_err(|e| GoogleTokenError::Fetch(e.redact(|text| redact(text, &secrets))))
     }
 
     /// The signed JWT a service account trades for a token, issued at `now` (Unix seconds).
-    fn assertion(&self, now: u64) -> Result<String, String> {
+    fn assertion(&self, now: u64) -> Result<String, GoogleTokenError> {
         let Source::ServiceAccount {
             client_email,
             private_key_id,
@@ -422,10 +454,10 @@ impl GoogleCredentials {
             ..
         } = &self.source
         else {
-            return Err("not a service account".into());
+            return Err(GoogleTokenError::NotServiceAccount);
         };
         sign_assertion(key, private_key_id.as_deref(), client_email, token_uri, now)
-            .map_err(|e| format!("cannot sign the token request: {e}"))
+            .map_err(GoogleTokenError::Sign)
     }
 }
 
@@ -538,7 +570,7 @@ fn sign_assertion(
 
 /// Reads a token endpoint's answer: `{"access_token", "expires_in", "token_type"}` on 200,
 /// Google's `{"error", "error_description"}` otherwise. Never quotes the token.
-fn read_token_answer(url: &str, status: u16, body: &[u8]) -> Result<Fetched, String> {
+fn read_token_answer(url: &str, status: u16, body: &[u8]) -> Result<Fetched, FetchError> {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let text = |name: &str| {
         json.as_ref()
@@ -546,25 +578,23 @@ fn read_token_answer(url: &str, status: u16, body: &[u8]) -> Result<Fetched, Str
             .and_then(Value::as_str)
     };
     if status != 200 {
-        let mut message = format!("{url} answered {status}");
         // Google's OAuth errors, then the metadata server's and Google APIs' shapes.
-        let reason = text("error")
-            .or_else(|| {
-                json.as_ref()
-                    .and_then(|j| j.pointer("/error/message"))
-                    .and_then(Value::as_str)
-            })
-            .map(String::from);
-        for part in [reason.as_deref(), text("error_description")]
-            .into_iter()
-            .flatten()
-        {
-            message.push_str(": ");
-            message.push_str(part);
-        }
-        return Err(message);
+        let error = text("error").or_else(|| {
+            json.as_ref()
+                .and_then(|j| j.pointer("/error/message"))
+                .and_then(Value::as_str)
+        });
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status,
+            error: error.map(String::from),
+            description: text("error_description").map(String::from),
+        });
     }
-    let bad = |what: &str| format!("{url} answered 200 but {what}");
+    let bad = |what: &'static str| FetchError::Malformed {
+        url: url.to_string(),
+        what,
+    };
     let json = json.ok_or_else(|| bad("not with a JSON object"))?;
     let token = json
         .get("access_token")
@@ -1052,7 +1082,8 @@ mod tests {
             br#"{"access_token":"ya29.b","expires_in":3599,"token_type":"mac"}"#,
         )
         .unwrap_err();
-        assert!(!err.contains("ya29.b"), "{err}");
+        assert!(!err.to_string().contains("ya29.b"), "{err}");
+        assert!(!err.is_retryable());
         assert!(read_token_answer("u", 200, br#"{"access_token":"ya29.c"}"#).is_err());
         let err = read_token_answer(
             "u",
@@ -1060,9 +1091,14 @@ mod tests {
             br#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
         )
         .unwrap_err();
-        assert_eq!(err, "u answered 400: invalid_grant: Invalid JWT Signature.");
+        assert_eq!(
+            err.to_string(),
+            "u answered 400: invalid_grant: Invalid JWT Signature."
+        );
+        assert!(!err.is_retryable(), "a refused grant stays refused");
         let err = read_token_answer("u", 502, b"<html>bad gateway</html>").unwrap_err();
-        assert_eq!(err, "u answered 502");
+        assert_eq!(err.to_string(), "u answered 502");
+        assert!(err.is_retryable());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod credentials;
 pub mod endpoint;
+pub mod error;
 pub mod fetch;
 pub mod google;
 pub mod provider;

@@ -21,6 +21,9 @@
 //! event-stream frames become SSE events, and error answers keep their status and wording in
 //! the client's error shape.
 //!
+//! What cannot cross is a [`TranslateError`]: the data plane answers a request error as a bad
+//! request (or tries another backend), and cuts a stream on a stream error.
+//!
 //! Beta flags: Bedrock and Vertex refuse some `anthropic-beta` values that the first-party API
 //! accepts. Each backend has the list of betas it accepts ([`AcceptedBetas`]); the others are
 //! dropped (and reported) instead of failing the call.
@@ -32,10 +35,10 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::error::TranslateError;
 use super::eventstream::{encode_message, header_str, EventStreamDecoder};
 use super::sse::{encode_event, SseDecoder};
 use super::usage::{Usage, UsageObserver};
-use crate::protocol::error::GatewayError;
 use crate::protocol::error::{anthropic_error_type, error_message, render_status, ErrorResponse};
 use crate::protocol::BackendKind;
 use crate::protocol::{FrontDoor, Operation, RequestInfo};
@@ -173,7 +176,7 @@ pub fn request(
     target: &Target<'_>,
     headers: &http::HeaderMap,
     body: &Bytes,
-) -> Result<Outgoing, GatewayError> {
+) -> Result<Outgoing, TranslateError> {
     let header_betas: Vec<String> = headers
         .get_all("anthropic-beta")
         .iter()
@@ -218,7 +221,7 @@ fn same_protocol(
     target: &Target<'_>,
     header_betas: Vec<String>,
     body: &Bytes,
-) -> Result<Outgoing, GatewayError> {
+) -> Result<Outgoing, TranslateError> {
     let mut dropped = Vec::new();
     let had_header = !header_betas.is_empty();
     let kept = filter_betas(header_betas, target.betas, &mut dropped);
@@ -294,12 +297,11 @@ fn cross_protocol(
     target: &Target<'_>,
     header_betas: Vec<String>,
     body: &Bytes,
-) -> Result<Outgoing, GatewayError> {
+) -> Result<Outgoing, TranslateError> {
     if info.operation.bedrock_only() {
-        return Err(GatewayError::BadRequest(format!(
-            "{} is served by Bedrock backends only",
-            info.operation.as_str()
-        )));
+        return Err(TranslateError::BedrockOnly {
+            operation: info.operation.as_str(),
+        });
     }
 
     // 1. The client's body, as a plain Messages request.
@@ -332,7 +334,7 @@ fn plain_messages(
     info: &RequestInfo,
     header_betas: Vec<String>,
     body: &Bytes,
-) -> Result<(Map<String, Value>, Vec<String>), GatewayError> {
+) -> Result<(Map<String, Value>, Vec<String>), TranslateError> {
     let counting = info.operation == Operation::CountTokens;
     let mut object = if counting && info.front_door == FrontDoor::Bedrock {
         unwrap_bedrock_count(body)?
@@ -449,15 +451,11 @@ fn anthropic_path(operation: Operation) -> &'static str {
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, TranslateError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(GatewayError::BadRequest(
-            "the request body must be a JSON object".into(),
-        )),
-        Err(e) => Err(GatewayError::BadRequest(format!(
-            "the request body is not valid JSON: {e}"
-        ))),
+        Ok(_) => Err(TranslateError::NotAnObject),
+        Err(e) => Err(TranslateError::InvalidJson(e)),
     }
 }
 
@@ -466,21 +464,17 @@ fn to_bytes(object: &Map<String, Value>) -> Bytes {
 }
 
 /// The invoke body inside a Bedrock `count-tokens` request.
-fn unwrap_bedrock_count(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+fn unwrap_bedrock_count(body: &[u8]) -> Result<Map<String, Value>, TranslateError> {
     let outer = parse_object(body)?;
     let inner = outer
         .get("input")
         .and_then(|i| i.get("invokeModel"))
         .and_then(|i| i.get("body"))
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            GatewayError::BadRequest(
-                "count-tokens served by another provider needs input.invokeModel.body".into(),
-            )
-        })?;
+        .ok_or(TranslateError::MissingCountBody)?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(inner)
-        .map_err(|_| GatewayError::BadRequest("input.invokeModel.body is not base64".into()))?;
+        .map_err(|_| TranslateError::CountBodyNotBase64)?;
     parse_object(&decoded)
 }
 
@@ -552,7 +546,7 @@ impl ResponseTranslation {
     }
 
     /// Translates one streamed chunk, appending what the client gets to `out`.
-    pub fn chunk(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) -> Result<(), String> {
+    pub fn chunk(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
         match self {
             ResponseTranslation::SseToEventStream(t) => t.chunk(chunk, out),
             ResponseTranslation::EventStreamToSse(t) => t.chunk(chunk, out),
@@ -634,9 +628,9 @@ impl SseToEventStream {
         }
     }
 
-    fn chunk(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) -> Result<(), String> {
+    fn chunk(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
         self.sse.push(chunk);
-        while let Some(event) = self.sse.next_event().map_err(|e| e.to_string())? {
+        while let Some(event) = self.sse.next_event()? {
             if event.data.is_empty() {
                 continue;
             }
@@ -648,14 +642,13 @@ impl SseToEventStream {
         Ok(())
     }
 
-    fn frame(&self, data: &[u8], now_ms: u64) -> Result<Bytes, String> {
+    fn frame(&self, data: &[u8], now_ms: u64) -> Result<Bytes, TranslateError> {
         #[derive(Deserialize)]
         struct Kind<'a> {
             #[serde(rename = "type", borrow)]
             kind: std::borrow::Cow<'a, str>,
         }
-        let kind: Kind<'_> =
-            serde_json::from_slice(data).map_err(|e| format!("stream event: {e}"))?;
+        let kind: Kind<'_> = serde_json::from_slice(data).map_err(TranslateError::StreamEvent)?;
         match kind.kind.as_ref() {
             "error" => {
                 let v: Value = serde_json::from_slice(data).unwrap_or_default();
@@ -724,9 +717,9 @@ pub struct EventStreamToSse {
 }
 
 impl EventStreamToSse {
-    fn chunk(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) -> Result<(), String> {
+    fn chunk(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
         self.frames.push(chunk.clone());
-        while let Some(message) = self.frames.next_message().map_err(|e| e.to_string())? {
+        while let Some(message) = self.frames.next_message()? {
             match header_str(&message, ":message-type") {
                 Some("exception") | Some("error") => {
                     let exception = header_str(&message, ":exception-type")
@@ -752,12 +745,12 @@ impl EventStreamToSse {
                         bytes: String,
                     }
                     let chunk: Chunk = serde_json::from_slice(message.payload())
-                        .map_err(|e| format!("chunk payload: {e}"))?;
+                        .map_err(TranslateError::ChunkPayload)?;
                     let event = base64::engine::general_purpose::STANDARD
                         .decode(chunk.bytes.as_bytes())
-                        .map_err(|e| format!("chunk base64: {e}"))?;
+                        .map_err(TranslateError::ChunkBase64)?;
                     let mut v: Value =
-                        serde_json::from_slice(&event).map_err(|e| format!("stream event: {e}"))?;
+                        serde_json::from_slice(&event).map_err(TranslateError::StreamEvent)?;
                     let kind = v["type"].as_str().unwrap_or("message").to_string();
                     let removed = v
                         .as_object_mut()
