@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
@@ -24,7 +23,7 @@ use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch}
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminListener};
 use crate::audit::AuditSink;
 use crate::config::Config;
 use crate::frontdoor::FrontDoors;
@@ -41,6 +40,8 @@ use crate::upstream::Upstreams;
 
 /// The data plane's per-connection write buffer.
 const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+/// The data plane's per-connection read buffer under TLS: one TLS record.
+const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
 /// Seconds past the grace period after which Pingora itself ends a stop the drain has not.
 const DRAIN_BACKSTOP_SECONDS: u64 = 5;
 
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The audit file could not be opened.
     #[error("cannot open the audit file: {0}")]
     Audit(std::io::Error),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on server.admin_listen: {0}")]
+    Admin(std::io::Error),
     /// A plugin could not be loaded.
     #[error("plugin {0}: {1}")]
     Plugin(String, PluginError),
@@ -74,6 +78,9 @@ struct ShutdownSignals {
     lifecycle: Arc<Lifecycle>,
     drain: std::sync::Mutex<Option<DrainPlan>>,
     audit: AuditSink,
+    /// Kept answering during a drain (`/readyz` says 503); closed at an upgrade's hand-over,
+    /// where the new process answers.
+    admin: AdminListener,
 }
 
 #[async_trait]
@@ -94,6 +101,9 @@ impl ShutdownSignalWatch for ShutdownSignals {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
         };
         self.lifecycle.begin_drain();
+        if matches!(signal, ShutdownSignal::GracefulUpgrade) {
+            self.admin.close();
+        }
         if let Some(mut plan) = self.drain.lock().ok().and_then(|mut d| d.take()) {
             plan.signalled = std::time::Instant::now();
             lifecycle::drain(plan);
@@ -186,14 +196,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         &metrics,
     );
 
-    let mut server = Server::new_with_opt_and_conf(
-        pingora_core::server::configuration::Opt {
-            upgrade,
-            ..Default::default()
-        },
-        server_conf(&config),
-    );
-    server.bootstrap();
+    let mut server = pingora_server(&config, upgrade);
 
     let gateway = Gateway::new(
         Arc::clone(&metrics),
@@ -205,9 +208,15 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
         Arc::clone(&lifecycle),
     );
     let data_plane = data_plane_service(&server, &config, gateway, &lifecycle)?;
-    let admin = admin_service(&config, upstreams, &metrics, &reloader, &lifecycle);
+    let admin = admin_listener(
+        &config,
+        upstreams,
+        &metrics,
+        &reloader,
+        &lifecycle,
+        background.handle(),
+    )?;
     server.add_service(data_plane);
-    server.add_service(admin);
     tracing::info!(
         listen = %config.server.listen,
         admin = %config.server.admin_listen,
@@ -221,6 +230,7 @@ pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Resu
             lifecycle,
             drain: std::sync::Mutex::new(Some(drain)),
             audit: audit.clone(),
+            admin,
         }),
     });
 
@@ -379,42 +389,59 @@ fn data_plane_service(
     );
     // A write buffer large enough for a response head and a typical JSON answer (or one
     // stream chunk with its framing) makes them one `send` instead of two or three; Pingora
-    // still flushes every streamed chunk at once.
-    let listener = ListenerConfig::tcp(config.server.listen.as_str())
-        .l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER));
+    // still flushes every streamed chunk at once. Reads: plain HTTP needs no buffer under
+    // Pingora's own header and body buffers (its default, 64 KiB zeroed per connection, was
+    // most of what an open stream cost); TLS reads records, so it keeps a record's worth.
+    let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
     let listener = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => {
             let mut tls =
                 TlsSettings::intermediate(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
             tls.enable_h2();
-            listener.tls(tls)
+            ListenerConfig::tcp(config.server.listen.as_str())
+                .l4_buffer(buffers.read(TLS_READ_BUFFER))
+                .tls(tls)
         }
-        _ => listener,
+        _ => ListenerConfig::tcp(config.server.listen.as_str()).l4_buffer(buffers.read(0)),
     };
     data_plane.add_listener(listener);
     Ok(data_plane)
 }
 
-/// The admin service on `server.admin_listen`.
-fn admin_service(
+/// The Pingora server, bootstrapped (with `upgrade`, it has taken the listeners over).
+fn pingora_server(config: &Config, upgrade: bool) -> Server {
+    let mut server = Server::new_with_opt_and_conf(
+        pingora_core::server::configuration::Opt {
+            upgrade,
+            ..Default::default()
+        },
+        server_conf(config),
+    );
+    server.bootstrap();
+    server
+}
+
+/// The admin listener on `server.admin_listen`, on the background runtime.
+fn admin_listener(
     config: &Config,
     upstreams: Arc<Upstreams>,
     metrics: &Arc<Metrics>,
     reloader: &Arc<Reloader>,
     lifecycle: &Arc<Lifecycle>,
-) -> Service<HttpServer<Admin>> {
-    let mut admin = Service::new(
-        "admin".to_string(),
-        HttpServer::new_app(Admin::new(
-            upstreams,
-            Arc::clone(metrics),
-            Arc::clone(reloader),
-            config.admin.token.clone(),
-            Arc::clone(lifecycle),
-        )),
+    runtime: &tokio::runtime::Handle,
+) -> Result<AdminListener, StartError> {
+    let admin = Admin::new(
+        upstreams,
+        Arc::clone(metrics),
+        Arc::clone(reloader),
+        config.admin.token.clone(),
+        Arc::clone(lifecycle),
     );
-    admin.add_tcp(&config.server.admin_listen);
-    admin
+    let addr =
+        config.server.admin_listen.parse().map_err(|e| {
+            StartError::Admin(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+    AdminListener::serve(addr, admin, runtime).map_err(StartError::Admin)
 }
 
 /// What the first stop signal starts: the drain of requests in flight, following `server`'s

@@ -12,13 +12,16 @@
 //! With `[admin] token` set, `/status`, `/metrics` and `/admin/*` require
 //! `Authorization: Bearer <token>`; the health checks never do.
 //!
-//! It listens on its own address (loopback by default), apart from client traffic.
+//! It listens on its own address (loopback by default), apart from client traffic, and is
+//! served by [`AdminListener`] on the background runtime rather than as a Pingora service, so
+//! that it keeps answering (`/readyz` 503) while the data plane drains after SIGTERM.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::Response;
-use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::http_app::{HttpServer, ServeHttp};
+use pingora_core::apps::ServerApp;
 use pingora_core::protocols::http::ServerSession;
 
 use crate::lifecycle::Lifecycle;
@@ -156,5 +159,68 @@ impl ServeHttp for Admin {
             }
             _ => json(404, serde_json::json!({ "error": "not found" })),
         }
+    }
+}
+
+/// The admin listener, accepting on the background runtime until the process exits or
+/// [`AdminListener::close`]. The socket is bound with `SO_REUSEPORT`, so the new process of a
+/// binary upgrade binds the same address while the old one still runs; the old one closes its
+/// own at the hand-over.
+pub struct AdminListener {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl AdminListener {
+    /// Binds `addr` and serves `admin` there on `runtime`.
+    pub fn serve(
+        addr: std::net::SocketAddr,
+        admin: Admin,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<AdminListener> {
+        let _entered = runtime.enter();
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(128)?;
+        let app = Arc::new(HttpServer::new_app(admin));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        // The HTTP app's own shutdown signal: never raised, connections end with the process.
+        let (_never, shutdown) = tokio::sync::watch::channel(false);
+        runtime.spawn(async move {
+            let _never = _never;
+            // Closed on request only: dropping the handle (Pingora drops its signal watcher
+            // once a stop begins) leaves the admin answering until the process exits.
+            let closed = async move {
+                if stopped.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(closed);
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = &mut closed => break,
+                };
+                let Ok((tcp, _)) = accepted else { continue };
+                let app = Arc::clone(&app);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let stream: pingora_core::protocols::Stream =
+                        Box::new(pingora_core::protocols::l4::stream::Stream::from(tcp));
+                    app.process_new(stream, &shutdown).await;
+                });
+            }
+        });
+        Ok(AdminListener { stop })
+    }
+
+    /// Stops accepting (the new process of a binary upgrade has its own).
+    pub fn close(&self) {
+        self.stop.send_replace(true);
     }
 }

@@ -91,7 +91,8 @@ impl Gateway {
             };
             let UpstreamRequest { peer, header, body } = prepared;
             let sent = self.send(&peer, header, body, &backend.name, first_byte);
-            let upstream = match self.while_client_waits(session, sent).await? {
+            // Boxed, like the steps before it: a send's future is not kept for a stream's life.
+            let upstream = match Box::pin(self.while_client_waits(session, sent)).await? {
                 Ok(upstream) => upstream,
                 Err(failure) => {
                     ctx.push_attempt(&backend.name, failure.attempt_label());

@@ -160,16 +160,18 @@ impl Gateway {
 
         // 2. The whole body, bounded, because the signature covers its hash. The Anthropic
         //    and Vertex protocols put the model or `stream` in it.
-        let body = self.read_body(session, ctx).await?;
+        // The steps before the answer run boxed: their futures (the plugins' above all) would
+        // otherwise stay part of the request's future, and of its memory, for as long as a
+        // stream is open.
+        let body = Box::pin(self.read_body(session, ctx)).await?;
         let mut info = info;
         info.complete_from_body(&body)?;
         ctx.set_info(info.clone());
         let requested_model = info.model_id.clone();
 
         // 3. The plugins: they may deny, rewrite the model, edit headers, set the identity.
-        let edited_headers = self
-            .run_plugins(session, ctx, &mut info, path, &body)
-            .await?;
+        let edited_headers =
+            Box::pin(self.run_plugins(session, ctx, &mut info, path, &body)).await?;
         ctx.set_model_served(info.model_id.clone());
         let router = self.router.load_full();
         if info.operation == Operation::ListModels {
@@ -280,7 +282,13 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if !ctx.response_started() {
+        // A request that ended on purpose (the client left, the gateway stopped) keeps its
+        // outcome; only a real failure before any answer is told to the client.
+        let ended = matches!(
+            ctx.outcome(),
+            Outcome::ClientAborted | Outcome::GatewayStopped
+        );
+        if !ctx.response_started() && !ended {
             let error =
                 GatewayError::Internal(format!("the gateway failed: {}", e.etype().as_str()));
             self.answer_error(session, ctx, &error).await;
@@ -295,7 +303,7 @@ impl ProxyHttp for Gateway {
         // Aborted streams are logged once, by `logging`, with the request's context.
         matches!(
             ctx.outcome(),
-            Outcome::ClientAborted | Outcome::UpstreamFailed
+            Outcome::ClientAborted | Outcome::UpstreamFailed | Outcome::GatewayStopped
         )
     }
 
