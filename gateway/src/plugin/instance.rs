@@ -247,10 +247,14 @@ impl LoadedPlugin {
                 return Ok(instance);
             }
         }
-        self.instantiate().await.map_err(|e| PluginFailure {
-            kind: FailureKind::Instantiate,
-            message: e.to_string(),
-        })
+        // Boxed: instantiating is the rare path, and its future is large; inline, it would
+        // make every phase call's future (and the copies made of it) that large.
+        Box::pin(self.instantiate())
+            .await
+            .map_err(|e| PluginFailure {
+                kind: FailureKind::Instantiate,
+                message: e.to_string(),
+            })
     }
 
     /// Returns an instance after a call: kept warm in pooled mode unless worn out (it served
