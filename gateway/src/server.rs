@@ -40,6 +40,9 @@ use crate::upstream::Upstreams;
 
 /// The data plane's per-connection write buffer.
 const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+/// The data plane's per-connection read buffer for plain HTTP: a request head and a small body
+/// in one read (Pingora's default, 64 KiB zeroed per connection, is mostly never used).
+const PLAIN_READ_BUFFER: usize = 4096;
 /// The data plane's per-connection read buffer under TLS: one TLS record.
 const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
 /// Seconds past the grace period after which Pingora itself ends a stop the drain has not.
@@ -389,9 +392,9 @@ fn data_plane_service(
     );
     // A write buffer large enough for a response head and a typical JSON answer (or one
     // stream chunk with its framing) makes them one `send` instead of two or three; Pingora
-    // still flushes every streamed chunk at once. Reads: plain HTTP needs no buffer under
-    // Pingora's own header and body buffers (its default, 64 KiB zeroed per connection, was
-    // most of what an open stream cost); TLS reads records, so it keeps a record's worth.
+    // still flushes every streamed chunk at once. Reads: a small buffer for plain HTTP (a
+    // request head and a small body in one read; Pingora's default is 64 KiB, zeroed, per
+    // connection); TLS reads records, so it keeps a record's worth.
     let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
     let listener = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => {
@@ -402,7 +405,8 @@ fn data_plane_service(
                 .l4_buffer(buffers.read(TLS_READ_BUFFER))
                 .tls(tls)
         }
-        _ => ListenerConfig::tcp(config.server.listen.as_str()).l4_buffer(buffers.read(0)),
+        _ => ListenerConfig::tcp(config.server.listen.as_str())
+            .l4_buffer(buffers.read(PLAIN_READ_BUFFER)),
     };
     data_plane.add_listener(listener);
     Ok(data_plane)
