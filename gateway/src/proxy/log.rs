@@ -43,6 +43,7 @@ impl Gateway {
             outcome = ctx.outcome().as_str(),
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
+            output_estimated = observation.is_some_and(|o| o.output_estimated),
             cache_read_tokens = usage.cache_read_tokens,
             cache_write_tokens = usage.cache_write_tokens,
             latency_ms = latency.as_secs_f64() * 1000.0,
@@ -64,6 +65,11 @@ impl Gateway {
             if ctx.outcome() == Outcome::GatewayStopped {
                 view.metadata
                     .insert("gateway.outcome".into(), ctx.outcome().as_str().into());
+            }
+            if usage.cache_write_1h_tokens > 0 {
+                let n = usage.cache_write_1h_tokens.to_string();
+                view.metadata
+                    .insert("gateway.cache_write_1h_tokens".into(), n);
             }
             run.complete(completion(ctx, latency));
         }
