@@ -19,7 +19,6 @@ use gateway::audit::AuditSink;
 use gateway::config::{PluginConfig, PluginRuntimeConfig};
 use gateway::frontdoor::{FrontDoor, Operation};
 use gateway::metrics::Metrics;
-use gateway::plugin::jwt::JwtVerifier;
 use gateway::plugin::pipeline::Completions;
 use gateway::plugin::{
     Completion, HostServices, Pipeline, PluginEngine, RequestView, WitOutcome, WitUsage,
@@ -142,14 +141,15 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let services = Arc::new(HostServices {
-        state: Arc::new(MemoryStore::new()),
-        audit: AuditSink::collecting().0,
-        metrics: Arc::new(Metrics::new()),
-        jwt: JwtVerifier::new(),
-    });
-    let engine = Arc::new(PluginEngine::new(&PluginRuntimeConfig::default(), services).unwrap());
     let completions = Arc::new(Completions::default());
+    let services = Arc::new(HostServices::new(
+        Arc::new(MemoryStore::new()),
+        AuditSink::collecting().0,
+        Arc::new(Metrics::new()),
+        gateway::catalog::Catalog::new(&[]),
+        Arc::clone(&completions),
+    ));
+    let engine = Arc::new(PluginEngine::new(&PluginRuntimeConfig::default(), services).unwrap());
     let pipeline = |names: &[&str], isolation: &str| {
         let plugins = names
             .iter()

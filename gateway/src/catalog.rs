@@ -10,14 +10,19 @@
 //! entries or replaces built-in ones of the same name. Bedrock IDs are also found without
 //! their geographic prefix (`eu.`, `apac.`, `global.`...), so every regional profile of a
 //! model maps to it.
+//!
+//! Each entry may carry a [`Price`]: built in for the catalog's models (Anthropic's list prices),
+//! set by `[[models]] price`, or, for a configured entry without one (an application inference
+//! profile ARN, a private name), inherited from the built-in model that any of its IDs names.
+//! Plugins price usage by what a model *is* through this, not by how its ID is spelled.
 
 use std::collections::HashMap;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, PriceConfig};
 use crate::protocol::BackendKind;
 
 /// One logical model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelEntry {
     /// Logical name, such as `claude-sonnet-4-5`; what `GET /v1/models` lists.
     pub name: String,
@@ -29,6 +34,48 @@ pub struct ModelEntry {
     pub vertex: Option<String>,
     /// Anthropic API model ID.
     pub anthropic: Option<String>,
+    /// What it costs, if known.
+    pub price: Option<Price>,
+}
+
+/// Prices of one model, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Price {
+    /// Plain input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Tokens read from the prompt cache.
+    pub cache_read: f64,
+    /// Tokens written to the prompt cache for 5 minutes.
+    pub cache_write: f64,
+    /// Tokens written to the prompt cache for 1 hour.
+    pub cache_write_1h: f64,
+}
+
+impl Price {
+    /// A model's price from its input and output prices, with Anthropic's prompt-caching
+    /// multipliers: reads 0.1x input, 5-minute writes 1.25x, 1-hour writes 2x.
+    pub const fn list(input: f64, output: f64) -> Self {
+        Self {
+            input,
+            output,
+            cache_read: input * 0.1,
+            cache_write: input * 1.25,
+            cache_write_1h: input * 2.0,
+        }
+    }
+
+    /// `[[models]] price`, its cache prices defaulting to the multipliers of [`Price::list`].
+    pub fn from_config(c: &PriceConfig) -> Self {
+        let list = Self::list(c.input, c.output);
+        Self {
+            cache_read: c.cache_read.unwrap_or(list.cache_read),
+            cache_write: c.cache_write.unwrap_or(list.cache_write),
+            cache_write_1h: c.cache_write_1h.unwrap_or(list.cache_write_1h),
+            ..list
+        }
+    }
 }
 
 impl ModelEntry {
@@ -50,14 +97,26 @@ impl ModelEntry {
     }
 }
 
-/// (name, display name, Bedrock, Vertex, Anthropic).
+/// (name, display name, Bedrock, Vertex, Anthropic, list price).
 type Builtin = (
     &'static str,
     &'static str,
     &'static str,
     &'static str,
     &'static str,
+    Price,
 );
+
+/// Opus 4.5 and later Opus models.
+const OPUS: Price = Price::list(5.0, 25.0);
+/// Opus 4 and 4.1.
+const OPUS_4: Price = Price::list(15.0, 75.0);
+/// Every Sonnet.
+const SONNET: Price = Price::list(3.0, 15.0);
+/// Haiku 4.5.
+const HAIKU: Price = Price::list(1.0, 5.0);
+/// Haiku 3.5.
+const HAIKU_3_5: Price = Price::list(0.8, 4.0);
 
 /// Current Claude models. Newer models use undated IDs on every provider.
 const BUILTIN: &[Builtin] = &[
@@ -67,6 +126,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-opus-5-5",
         "claude-opus-5-5",
         "claude-opus-5-5",
+        OPUS,
     ),
     (
         "claude-sonnet-5-5",
@@ -74,6 +134,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-sonnet-5-5",
         "claude-sonnet-5-5",
         "claude-sonnet-5-5",
+        SONNET,
     ),
     (
         "claude-opus-4-8",
@@ -81,6 +142,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-opus-4-8",
         "claude-opus-4-8",
         "claude-opus-4-8",
+        OPUS,
     ),
     (
         "claude-opus-4-5",
@@ -88,6 +150,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-opus-4-5-20251101-v1:0",
         "claude-opus-4-5@20251101",
         "claude-opus-4-5-20251101",
+        OPUS,
     ),
     (
         "claude-sonnet-4-5",
@@ -95,6 +158,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
         "claude-sonnet-4-5@20250929",
         "claude-sonnet-4-5-20250929",
+        SONNET,
     ),
     (
         "claude-haiku-4-5",
@@ -102,6 +166,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-haiku-4-5-20251001-v1:0",
         "claude-haiku-4-5@20251001",
         "claude-haiku-4-5-20251001",
+        HAIKU,
     ),
     (
         "claude-opus-4-1",
@@ -109,6 +174,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-opus-4-1-20250805-v1:0",
         "claude-opus-4-1@20250805",
         "claude-opus-4-1-20250805",
+        OPUS_4,
     ),
     (
         "claude-opus-4",
@@ -116,6 +182,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-opus-4-20250514-v1:0",
         "claude-opus-4@20250514",
         "claude-opus-4-20250514",
+        OPUS_4,
     ),
     (
         "claude-sonnet-4",
@@ -123,6 +190,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-sonnet-4-20250514-v1:0",
         "claude-sonnet-4@20250514",
         "claude-sonnet-4-20250514",
+        SONNET,
     ),
     (
         "claude-3-7-sonnet",
@@ -130,6 +198,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
         "claude-3-7-sonnet@20250219",
         "claude-3-7-sonnet-20250219",
+        SONNET,
     ),
     (
         "claude-3-5-haiku",
@@ -137,6 +206,7 @@ const BUILTIN: &[Builtin] = &[
         "us.anthropic.claude-3-5-haiku-20241022-v1:0",
         "claude-3-5-haiku@20241022",
         "claude-3-5-haiku-20241022",
+        HAIKU_3_5,
     ),
 ];
 
@@ -157,28 +227,46 @@ impl Catalog {
     pub fn new(models: &[ModelConfig]) -> Self {
         let mut entries: Vec<ModelEntry> = BUILTIN
             .iter()
-            .map(|(name, display, bedrock, vertex, anthropic)| ModelEntry {
-                name: name.to_string(),
-                display_name: display.to_string(),
-                bedrock: Some(bedrock.to_string()),
-                vertex: Some(vertex.to_string()),
-                anthropic: Some(anthropic.to_string()),
-            })
+            .map(
+                |(name, display, bedrock, vertex, anthropic, price)| ModelEntry {
+                    name: name.to_string(),
+                    display_name: display.to_string(),
+                    bedrock: Some(bedrock.to_string()),
+                    vertex: Some(vertex.to_string()),
+                    anthropic: Some(anthropic.to_string()),
+                    price: Some(*price),
+                },
+            )
             .collect();
+        let builtin = Self::index(entries.clone());
         for m in models {
-            let entry = ModelEntry {
+            let mut entry = ModelEntry {
                 name: m.name.clone(),
                 display_name: m.display_name.clone().unwrap_or_else(|| m.name.clone()),
                 bedrock: m.bedrock.clone(),
                 vertex: m.vertex.clone(),
                 anthropic: m.anthropic.clone(),
+                price: m.price.as_ref().map(Price::from_config),
             };
+            if entry.price.is_none() {
+                // The built-in model that any of its names names.
+                let inherited = entry
+                    .ids()
+                    .find_map(|id| builtin.lookup(id))
+                    .and_then(|e| e.price);
+                entry.price = inherited;
+            }
             match entries.iter_mut().find(|e| e.name == m.name) {
                 Some(existing) => *existing = entry,
                 // Configured models come first in listings.
                 None => entries.insert(0, entry),
             }
         }
+        Self::index(entries)
+    }
+
+    /// The catalog of `entries`, indexed by every ID.
+    fn index(entries: Vec<ModelEntry>) -> Self {
         // Index configured entries last so that they win any ID shared with a built-in one.
         // Exact IDs are indexed after the prefix-stripped ones so that they win over them.
         let mut index = HashMap::new();
@@ -292,7 +380,53 @@ mod tests {
             vertex: Some("claude-sonnet-4-5@20250929".into()),
             anthropic: None,
             display_name: None,
+            price: None,
         }])
+    }
+
+    #[test]
+    fn models_are_priced_by_what_they_are() {
+        let c = catalog();
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc";
+        // An application inference profile inherits the price of the model its other IDs name.
+        assert_eq!(c.lookup(arn).unwrap().price, Some(SONNET));
+        assert_eq!(
+            c.lookup("eu.anthropic.claude-haiku-4-5-20251001-v1:0")
+                .unwrap()
+                .price,
+            Some(HAIKU)
+        );
+        assert_eq!(
+            c.lookup("claude-opus-4-1@20250805").unwrap().price,
+            Some(OPUS_4)
+        );
+        let p = c.lookup("claude-opus-4-5").unwrap().price.unwrap();
+        assert_eq!(
+            (p.cache_read, p.cache_write, p.cache_write_1h),
+            (0.5, 6.25, 10.0)
+        );
+        // A configured price wins; cache prices default to the list multipliers.
+        let priced = Catalog::new(&[ModelConfig {
+            name: "private".into(),
+            bedrock: Some("arn:aws:bedrock:us-east-1:1:application-inference-profile/p".into()),
+            vertex: None,
+            anthropic: None,
+            display_name: None,
+            price: Some(PriceConfig {
+                input: 2.0,
+                output: 8.0,
+                cache_read: Some(0.1),
+                cache_write: None,
+                cache_write_1h: None,
+            }),
+        }]);
+        let p = priced.lookup("private").unwrap().price.unwrap();
+        assert_eq!(
+            (p.input, p.cache_read, p.cache_write, p.cache_write_1h),
+            (2.0, 0.1, 2.5, 4.0)
+        );
+        // A model nobody configured has no price.
+        assert!(Catalog::new(&[]).lookup("mystery-model").is_none());
     }
 
     #[test]

@@ -171,12 +171,11 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
                 .try_into()?;
             plugin_config.config = table;
             let (audit, records) = gateway::audit::AuditSink::collecting();
-            let services = std::sync::Arc::new(gateway::plugin::HostServices {
-                state: std::sync::Arc::new(gateway::state::MemoryStore::new()),
+            let services = std::sync::Arc::new(gateway::plugin::HostServices::local(
                 audit,
-                metrics: std::sync::Arc::new(gateway::metrics::Metrics::new()),
-                jwt: gateway::plugin::jwt::JwtVerifier::new(),
-            });
+                std::sync::Arc::new(gateway::metrics::Metrics::new()),
+                gateway::catalog::Catalog::new(&[]),
+            ));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -214,12 +213,11 @@ fn check_plugins(config: &Config) -> anyhow::Result<()> {
     if config.plugins.is_empty() {
         return Ok(());
     }
-    let services = std::sync::Arc::new(gateway::plugin::HostServices {
-        state: std::sync::Arc::new(gateway::state::MemoryStore::new()),
-        audit: gateway::audit::AuditSink::collecting().0,
-        metrics: std::sync::Arc::new(gateway::metrics::Metrics::new()),
-        jwt: gateway::plugin::jwt::JwtVerifier::new(),
-    });
+    let services = std::sync::Arc::new(gateway::plugin::HostServices::local(
+        gateway::audit::AuditSink::collecting().0,
+        std::sync::Arc::new(gateway::metrics::Metrics::new()),
+        gateway::catalog::Catalog::new(&config.models),
+    ));
     let runtime_config = gateway::config::PluginRuntimeConfig {
         max_instances: 16,
         ..config.plugin_runtime.clone()

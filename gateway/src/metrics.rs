@@ -29,6 +29,10 @@ pub struct Metrics {
     pub failovers: IntCounterVec,
     /// Plugin calls by plugin, phase and result (`ok`, `error`, `trap`, `timeout`, `skipped`).
     pub plugin_calls: IntCounterVec,
+    /// Outages of the shared state store.
+    pub state_incidents: prometheus::IntCounter,
+    /// Submitted state operations that failed.
+    pub state_submit_failures: prometheus::IntCounter,
     /// Plugin call durations by plugin and phase.
     pub plugin_call_seconds: HistogramVec,
     plugin_counters: Mutex<HashMap<String, (CounterVec, Vec<String>)>>,
@@ -77,9 +81,26 @@ impl Metrics {
             "Requests moved to another backend after a failure",
             &["from_backend"],
         );
+        let state_incidents = prometheus::IntCounter::new(
+            "gateway_state_store_incidents_total",
+            "Times the shared state store became unreachable (one per outage)",
+        )
+        .expect("static metric definition");
+        let state_submit_failures = prometheus::IntCounter::new(
+            "gateway_state_submit_failures_total",
+            "State operations plugins submitted off the request path that failed",
+        )
+        .expect("static metric definition");
+        for c in [&state_incidents, &state_submit_failures] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+        }
         Self {
             registry,
             requests,
+            state_incidents,
+            state_submit_failures,
             request_seconds,
             first_byte_seconds,
             tokens,

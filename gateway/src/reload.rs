@@ -151,6 +151,10 @@ impl Reloader {
                 // Everything loaded: one atomic store, then bookkeeping.
                 let plugins = config.plugins.clone();
                 self.pipeline.store(pipeline);
+                self.engine
+                    .services()
+                    .catalog
+                    .store(Arc::new(router.catalog().clone()));
                 self.router.store(router);
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 if let Ok(mut t) = self.loaded_at.lock() {
@@ -166,6 +170,7 @@ impl Reloader {
                     next.front_doors = r.front_doors.clone();
                     next.audit = r.audit.clone();
                     next.plugin_runtime = r.plugin_runtime.clone();
+                    next.state = r.state.clone();
                     *r = next;
                 }
                 if let Ok(mut e) = self.last_error.lock() {
@@ -310,6 +315,7 @@ impl Reloader {
                 "on_error": format!("{:?}", p.on_error).to_lowercase(),
             })).collect::<Vec<_>>(),
             "backends": backends,
+            "state": self.engine.services().state.status(),
             "last_reload_error": self.last_error.lock().ok().and_then(|e| e.clone()),
         })
     }
@@ -446,6 +452,7 @@ fn restart_required(running: &Config, next: &Config) -> Vec<String> {
             running.plugin_runtime != next.plugin_runtime,
         ),
         ("admin", running.admin != next.admin),
+        ("state", running.state != next.state),
     ] {
         if differs {
             changed.push(key.to_string());

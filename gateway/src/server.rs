@@ -25,16 +25,16 @@ use pingora_proxy::HttpProxy;
 
 use crate::admin::{Admin, AdminListener};
 use crate::audit::AuditSink;
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::frontdoor::FrontDoors;
 use crate::lifecycle::{self, DrainPlan, Lifecycle, Limited};
 use crate::metrics::Metrics;
-use crate::plugin::jwt::JwtVerifier;
 use crate::plugin::pipeline::Completions;
 use crate::plugin::{HostServices, Pipeline, PluginEngine, PluginError};
 use crate::proxy::{ClientLimits, Gateway};
 use crate::reload::{Live, Reloader};
-use crate::state::MemoryStore;
+use crate::state::SharedStore;
 use crate::upstream::route::Router;
 use crate::upstream::Upstreams;
 
@@ -72,6 +72,9 @@ pub enum StartError {
     /// A plugin could not be loaded.
     #[error("plugin {0}: {1}")]
     Plugin(String, PluginError),
+    /// The state store could not be set up.
+    #[error("[state]: {0}")]
+    State(String),
 }
 
 /// SIGTERM and SIGINT both drain (requests in flight finish, audit records are flushed);
@@ -300,12 +303,21 @@ fn start_plugins(
     audit: &AuditSink,
     background: &tokio::runtime::Runtime,
 ) -> Result<PluginHost, StartError> {
-    let services = Arc::new(HostServices {
-        state: Arc::new(MemoryStore::new()),
-        audit: audit.clone(),
-        metrics: Arc::clone(metrics),
-        jwt: JwtVerifier::new(),
-    });
+    // The Redis store's connections and probes live on `background`.
+    let state = SharedStore::from_config(
+        &config.state,
+        metrics.state_incidents.clone(),
+        background.handle().clone(),
+    )
+    .map_err(|e| StartError::State(e.to_string()))?;
+    let completions = Arc::new(Completions::default());
+    let services = Arc::new(HostServices::new(
+        state,
+        audit.clone(),
+        Arc::clone(metrics),
+        Catalog::new(&config.models),
+        Arc::clone(&completions),
+    ));
     let engine = Arc::new(
         PluginEngine::new(&config.plugin_runtime, services)
             .map_err(|e| StartError::Plugin("(engine)".into(), e))?,
@@ -319,7 +331,6 @@ fn start_plugins(
             l.plugin
         })
         .collect();
-    let completions = Arc::new(Completions::default());
     let pipeline = Arc::new(ArcSwap::from_pointee(Pipeline::new(
         plugins,
         Arc::clone(&completions),

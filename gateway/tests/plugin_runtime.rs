@@ -11,7 +11,6 @@ use gateway::audit::AuditSink;
 use gateway::config::{PluginConfig, PluginRuntimeConfig};
 use gateway::frontdoor::{FrontDoor, Operation};
 use gateway::metrics::Metrics;
-use gateway::plugin::jwt::JwtVerifier;
 use gateway::plugin::pipeline::Completions;
 use gateway::plugin::{
     Completion, HostServices, Pipeline, PluginEngine, PluginError, RequestView, WitOutcome,
@@ -49,17 +48,19 @@ struct Host {
 fn host(runtime: PluginRuntimeConfig) -> Host {
     let (audit_sink, audit) = AuditSink::collecting();
     let metrics = Arc::new(Metrics::new());
-    let services = Arc::new(HostServices {
-        state: Arc::new(MemoryStore::new()),
-        audit: audit_sink,
-        metrics: Arc::clone(&metrics),
-        jwt: JwtVerifier::new(),
-    });
+    let completions = Arc::new(Completions::default());
+    let services = Arc::new(HostServices::new(
+        Arc::new(MemoryStore::new()),
+        audit_sink,
+        Arc::clone(&metrics),
+        gateway::catalog::Catalog::new(&[]),
+        Arc::clone(&completions),
+    ));
     Host {
         engine: Arc::new(PluginEngine::new(&runtime, services).unwrap()),
         audit,
         metrics,
-        completions: Arc::new(Completions::default()),
+        completions,
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod endpoint;
 mod env;
+pub mod state;
 mod units;
 
 use std::net::SocketAddr;
@@ -62,6 +63,9 @@ pub struct Config {
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The store behind plugins' counters, limits, leases and budgets.
+    #[serde(default)]
+    pub state: state::StateConfig,
 }
 
 /// `[admin]`
@@ -295,6 +299,25 @@ pub struct ModelConfig {
     pub anthropic: Option<String>,
     /// The name shown in model pickers.
     pub display_name: Option<String>,
+    /// What it costs (USD per million tokens); without it, the price of the built-in model
+    /// one of its IDs names, if any.
+    pub price: Option<PriceConfig>,
+}
+
+/// `[[models]] price`: USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Plain input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Prompt-cache reads (default 0.1 x input).
+    pub cache_read: Option<f64>,
+    /// 5-minute prompt-cache writes (default 1.25 x input).
+    pub cache_write: Option<f64>,
+    /// 1-hour prompt-cache writes (default 2 x input).
+    pub cache_write_1h: Option<f64>,
 }
 
 /// How a route orders its backends.
@@ -714,6 +737,9 @@ impl Config {
         self.validate_models(&mut problem);
         self.validate_routes(&mut problem);
         self.validate_plugins(&mut problem);
+        for (path, message) in state::problems(&self.state) {
+            problem(path, message);
+        }
         problems
     }
 

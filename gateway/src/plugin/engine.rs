@@ -105,6 +105,11 @@ impl TierEngine {
 }
 
 impl PluginEngine {
+    /// The host services every instance reaches.
+    pub fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
     /// An engine sized by `runtime`, whose plugins reach `services`.
     pub fn new(
         runtime: &PluginRuntimeConfig,

@@ -17,29 +17,102 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::llm_gateway::plugin::{
-    audit, clock, jwt, log, metrics, request, request_state, response, state, types,
+    audit, catalog, clock, jwt, log, metrics, request, request_state, response, state, types,
 };
 use super::jwt::JwtVerifier;
 use super::view::{Phase, RequestView};
 use crate::audit::AuditSink;
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
-use crate::state::StateStore;
+use crate::state::{self as store, StateStore};
 
 /// Bytes a plugin may print on stdout/stderr per call before the rest is dropped.
 const STDIO_CAPTURE: usize = 16 * 1024;
 /// Log lines a plugin may write per call; more are counted and dropped.
 const LOG_LINES_PER_CALL: u32 = 32;
+/// Operations in one state batch or submit.
+const MAX_BATCH: usize = 256;
+
+/// Counts work still under way after a request's answer (`on-complete` runs, submitted state
+/// operations), so shutdown can wait for it.
+#[derive(Default)]
+pub struct Completions {
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl Completions {
+    /// One more piece of work under way.
+    pub fn begin(&self) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// One piece of work done.
+    pub fn end(&self) {
+        self.pending
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Waits (polling, from a plain thread) until nothing is pending or `timeout` passes.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.pending.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
 
 /// Services shared by every plugin instance.
 pub struct HostServices {
-    /// Counters and rate windows.
+    /// Counters, rate windows and holds.
     pub state: Arc<dyn StateStore>,
+    /// The model catalog plugins look models up in (swapped by reloads).
+    pub catalog: arc_swap::ArcSwap<Catalog>,
+    /// Work under way after answers; submitted state operations count here.
+    pub completions: Arc<Completions>,
     /// The audit sink.
     pub audit: AuditSink,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// JWT verification with cached keys.
     pub jwt: JwtVerifier,
+}
+
+impl HostServices {
+    /// Services over `state`, with the model `catalog`; `completions` counts the state
+    /// operations plugins submit off the request path.
+    pub fn new(
+        state: Arc<dyn StateStore>,
+        audit: AuditSink,
+        metrics: Arc<Metrics>,
+        catalog: Catalog,
+        completions: Arc<Completions>,
+    ) -> Self {
+        Self {
+            state,
+            catalog: arc_swap::ArcSwap::from_pointee(catalog),
+            completions,
+            audit,
+            metrics,
+            jwt: JwtVerifier::new(),
+        }
+    }
+
+    /// Services for running plugins outside a server (`gateway check`, `gateway plugin
+    /// test`): an in-memory store.
+    pub fn local(audit: AuditSink, metrics: Arc<Metrics>, catalog: Catalog) -> Self {
+        Self::new(
+            Arc::new(crate::state::MemoryStore::new()),
+            audit,
+            metrics,
+            catalog,
+            Arc::default(),
+        )
+    }
 }
 
 /// What a plugin instance knows about itself.
@@ -520,6 +593,119 @@ impl clock::Host for HostState {
     }
 }
 
+impl HostState {
+    /// A plugin's operation as the store's, its key namespaced; `Err` when it is malformed.
+    fn store_op(&self, op: state::Op) -> Result<store::Op, String> {
+        let key = |k: &str| -> Result<String, String> {
+            self.check_size("key", k.len())?;
+            Ok(self.state_key(k))
+        };
+        Ok(match op {
+            state::Op::Incr(o) => store::Op::Incr {
+                key: key(&o.key)?,
+                delta: o.delta,
+                ttl: Duration::from_millis(o.ttl_ms),
+            },
+            state::Op::Get(k) => store::Op::Get { key: key(&k)? },
+            state::Op::CheckRate(o) => {
+                if o.window_ms == 0 {
+                    return Err("window-ms must be larger than zero".into());
+                }
+                store::Op::CheckRate {
+                    key: key(&o.key)?,
+                    limit: o.limit,
+                    window: Duration::from_millis(o.window_ms),
+                    cost: o.cost,
+                }
+            }
+            state::Op::Acquire(h) => {
+                self.check_size("holder", h.holder.len())?;
+                if h.ttl_ms == 0 || h.amount < 0 {
+                    return Err(
+                        "a hold needs ttl-ms of at least 1 and an amount of at least 0".into(),
+                    );
+                }
+                store::Op::Acquire(store::Hold {
+                    key: key(&h.key)?,
+                    holder: h.holder,
+                    amount: h.amount,
+                    limit: h.limit,
+                    ttl: Duration::from_millis(h.ttl_ms),
+                })
+            }
+            state::Op::Release(r) => {
+                self.check_size("holder", r.holder.len())?;
+                store::Op::Release(store::Settlement {
+                    key: key(&r.key)?,
+                    holder: r.holder,
+                    settle: r.settle,
+                    ttl: Duration::from_millis(r.ttl_ms),
+                })
+            }
+        })
+    }
+
+    /// Runs a plugin's batch: malformed operations fail alone, the rest go in one round trip.
+    async fn run_batch(&mut self, ops: Vec<state::Op>) -> Vec<Result<state::Answer, String>> {
+        let checked: Vec<Result<store::Op, String>> =
+            ops.into_iter().map(|op| self.store_op(op)).collect();
+        let valid: Vec<store::Op> = checked.iter().filter_map(|c| c.clone().ok()).collect();
+        let entered = self.enter_host();
+        let answers = self.services.state.batch(&valid).await;
+        self.leave_host(entered);
+        let mut answers = match answers {
+            Ok(a) => a.into_iter(),
+            Err(e) => {
+                let e = e.to_string();
+                return checked.into_iter().map(|c| c.and(Err(e.clone()))).collect();
+            }
+        };
+        checked
+            .into_iter()
+            .map(|c| {
+                c?;
+                match answers.next() {
+                    Some(Ok(a)) => Ok(wit_answer(a)),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the store gave no answer".into()),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one operation and returns its answer.
+    async fn run_one(&mut self, op: state::Op) -> Result<state::Answer, String> {
+        self.run_batch(vec![op])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err("the store gave no answer".into()))
+    }
+}
+
+fn wit_answer(a: store::Answer) -> state::Answer {
+    match a {
+        store::Answer::Counter(v) => state::Answer::Counter(v),
+        store::Answer::Value(v) => state::Answer::Value(v),
+        store::Answer::Rate(r) => state::Answer::Rate(state::RateCheck {
+            allowed: r.allowed,
+            remaining: r.remaining,
+            retry_after_ms: r.retry_after.as_millis() as u64,
+        }),
+        store::Answer::Acquired(h) => state::Answer::Acquired(state::HoldState {
+            granted: h.granted,
+            used: h.used,
+            held: h.held,
+        }),
+        store::Answer::Released(b) => state::Answer::Released(b),
+    }
+}
+
+fn mismatch<T>(a: state::Answer) -> Result<T, String> {
+    Err(format!(
+        "the store answered with another kind of value ({a:?})"
+    ))
+}
+
 impl state::Host for HostState {
     async fn incr(
         &mut self,
@@ -527,26 +713,20 @@ impl state::Host for HostState {
         delta: i64,
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<i64, String>> {
-        if let Err(e) = self.check_size("key", key.len()) {
-            return Ok(Err(e));
-        }
-        let key = self.state_key(&key);
-        let entered = self.enter_host();
-        let r = self
-            .services
-            .state
-            .incr(&key, delta, Duration::from_millis(ttl_ms))
-            .await;
-        self.leave_host(entered);
-        Ok(r.map_err(|e| e.to_string()))
+        let op = state::Op::Incr(state::IncrOp { key, delta, ttl_ms });
+        Ok(match self.run_one(op).await {
+            Ok(state::Answer::Counter(v)) => Ok(v),
+            Ok(other) => mismatch(other),
+            Err(e) => Err(e),
+        })
     }
 
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<i64>, String>> {
-        let key = self.state_key(&key);
-        let entered = self.enter_host();
-        let r = self.services.state.get(&key).await;
-        self.leave_host(entered);
-        Ok(r.map_err(|e| e.to_string()))
+        Ok(match self.run_one(state::Op::Get(key)).await {
+            Ok(state::Answer::Value(v)) => Ok(v),
+            Ok(other) => mismatch(other),
+            Err(e) => Err(e),
+        })
     }
 
     async fn check_rate(
@@ -556,26 +736,102 @@ impl state::Host for HostState {
         window_ms: u64,
         cost: u64,
     ) -> wasmtime::Result<Result<state::RateCheck, String>> {
-        if let Err(e) = self.check_size("key", key.len()) {
-            return Ok(Err(e));
-        }
-        if window_ms == 0 {
-            return Ok(Err("window-ms must be larger than zero".into()));
-        }
-        let key = self.state_key(&key);
-        let entered = self.enter_host();
-        let r = self
-            .services
-            .state
-            .check_rate(&key, limit, Duration::from_millis(window_ms), cost)
-            .await;
-        self.leave_host(entered);
-        Ok(r.map(|c| state::RateCheck {
-            allowed: c.allowed,
-            remaining: c.remaining,
-            retry_after_ms: c.retry_after.as_millis() as u64,
+        let op = state::Op::CheckRate(state::RateOp {
+            key,
+            limit,
+            window_ms,
+            cost,
+        });
+        Ok(match self.run_one(op).await {
+            Ok(state::Answer::Rate(r)) => Ok(r),
+            Ok(other) => mismatch(other),
+            Err(e) => Err(e),
         })
-        .map_err(|e| e.to_string()))
+    }
+
+    async fn acquire(
+        &mut self,
+        hold: state::HoldRequest,
+    ) -> wasmtime::Result<Result<state::HoldState, String>> {
+        Ok(match self.run_one(state::Op::Acquire(hold)).await {
+            Ok(state::Answer::Acquired(h)) => Ok(h),
+            Ok(other) => mismatch(other),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn release(
+        &mut self,
+        settlement: state::Settlement,
+    ) -> wasmtime::Result<Result<bool, String>> {
+        Ok(match self.run_one(state::Op::Release(settlement)).await {
+            Ok(state::Answer::Released(b)) => Ok(b),
+            Ok(other) => mismatch(other),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn batch(
+        &mut self,
+        ops: Vec<state::Op>,
+    ) -> wasmtime::Result<Vec<Result<state::Answer, String>>> {
+        if ops.len() > MAX_BATCH {
+            let e = format!("a batch holds at most {MAX_BATCH} operations");
+            return Ok(ops.iter().map(|_| Err(e.clone())).collect());
+        }
+        Ok(self.run_batch(ops).await)
+    }
+
+    async fn submit(&mut self, ops: Vec<state::Op>) -> wasmtime::Result<()> {
+        let plugin = self.plugin.name.clone();
+        if ops.len() > MAX_BATCH {
+            tracing::warn!(%plugin, ops = ops.len(), "state submit refused: more than {MAX_BATCH} operations");
+            return Ok(());
+        }
+        let mut valid = Vec::with_capacity(ops.len());
+        for op in ops {
+            match self.store_op(op) {
+                Ok(op) => valid.push(op),
+                Err(e) => tracing::warn!(%plugin, error = %e, "state submit: operation refused"),
+            }
+        }
+        let state = Arc::clone(&self.services.state);
+        let failed = self.services.metrics.state_submit_failures.clone();
+        let completions = Arc::clone(&self.services.completions);
+        completions.begin();
+        // Off the request's path: the call returns before the store has answered.
+        tokio::spawn(async move {
+            let errors = match state.batch(&valid).await {
+                Ok(answers) => answers.iter().filter(|a| a.is_err()).count(),
+                Err(_) => valid.len(),
+            };
+            if errors > 0 {
+                failed.inc_by(errors as u64);
+                tracing::warn!(%plugin, errors, "state submit: operations failed");
+            }
+            completions.end();
+        });
+        Ok(())
+    }
+}
+
+impl catalog::Host for HostState {
+    fn lookup(&mut self, id: String) -> wasmtime::Result<Option<catalog::Model>> {
+        if self.check_size("model id", id.len()).is_err() {
+            return Ok(None);
+        }
+        let catalog = self.services.catalog.load();
+        Ok(catalog.lookup(&id).map(|e| catalog::Model {
+            name: e.name.clone(),
+            display_name: e.display_name.clone(),
+            price: e.price.map(|p| catalog::Price {
+                input: p.input,
+                output: p.output,
+                cache_read: p.cache_read,
+                cache_write: p.cache_write,
+                cache_write_1h: p.cache_write_1h,
+            }),
+        }))
     }
 }
 

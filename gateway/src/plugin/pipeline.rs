@@ -12,9 +12,7 @@
 //! then handled by its `on_error`: `deny` fails the request closed (503), `allow` skips the
 //! plugin. A failed instance is discarded, never reused.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::bindings::types;
 use super::instance::{Admit, LoadedPlugin, PluginInstance, Verdict};
@@ -43,25 +41,7 @@ pub struct Pipeline {
     background: tokio::runtime::Handle,
 }
 
-/// Counts `on-complete` runs still under way, so shutdown can wait for them.
-#[derive(Default)]
-pub struct Completions {
-    pending: AtomicUsize,
-}
-
-impl Completions {
-    /// Waits (polling, from a plain thread) until no `on-complete` run is pending or `timeout` passes.
-    pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.pending.load(Ordering::Acquire) > 0 {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
-    }
-}
+pub use super::host::Completions;
 
 impl Pipeline {
     /// A pipeline of `plugins`, running `on-complete` on `background`.
@@ -301,11 +281,11 @@ impl PipelineRun {
     /// runtime), then returns the instances to their pools.
     pub fn complete(self, completion: types::Completion) {
         let completions = Arc::clone(&self.pipeline.completions);
-        completions.pending.fetch_add(1, Ordering::AcqRel);
+        completions.begin();
         let background = self.pipeline.background.clone();
         background.spawn(async move {
             self.finish(completion).await;
-            completions.pending.fetch_sub(1, Ordering::AcqRel);
+            completions.end();
         });
     }
 

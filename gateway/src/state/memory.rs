@@ -10,7 +10,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{RateCheck, StateError, StateStore};
+use super::{Answer, Answers, Hold, HoldState, Op, RateCheck, Settlement, StateError, StateStore};
+
+/// The open holds on one capacity: holder -> (amount, expiry).
+type Holds = HashMap<String, (i64, Instant)>;
+
+/// Everything behind the store's one lock.
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    holds: HashMap<String, Holds>,
+}
 
 #[derive(Debug)]
 enum Entry {
@@ -26,10 +36,10 @@ enum Entry {
     },
 }
 
-/// Counters and windows in this process's memory.
+/// Counters, windows and holds in this process's memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    entries: Mutex<HashMap<String, Entry>>,
+    inner: Mutex<Inner>,
     epoch: Instant,
 }
 
@@ -43,28 +53,34 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
             epoch: Instant::now(),
         }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Entry>>, StateError> {
-        self.entries
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StateError> {
+        self.inner
             .lock()
             .map_err(|_| StateError::Backend("memory store lock poisoned".into()))
     }
 
     /// Drops expired counters and windows idle for two periods (called on writes, amortized).
-    fn sweep(map: &mut HashMap<String, Entry>, now: Instant) {
-        if map.len() < 4096 {
-            return;
+    fn sweep(inner: &mut Inner, now: Instant) {
+        if inner.entries.len() >= 4096 {
+            inner.entries.retain(|_, e| match e {
+                Entry::Counter { expires, .. } => expires.is_none_or(|t| t > now),
+                Entry::Window { start, window, .. } => now.duration_since(*start) < *window * 2,
+            });
         }
-        map.retain(|_, e| match e {
-            Entry::Counter { expires, .. } => expires.is_none_or(|t| t > now),
-            Entry::Window { start, window, .. } => now.duration_since(*start) < *window * 2,
-        });
+        if inner.holds.len() >= 4096 {
+            inner.holds.retain(|_, h| {
+                h.retain(|_, (_, expires)| *expires > now);
+                !h.is_empty()
+            });
+        }
     }
 
+    #[cfg(test)]
     fn rate_at(
         &self,
         key: &str,
@@ -73,9 +89,21 @@ impl MemoryStore {
         cost: u64,
         now: Instant,
     ) -> Result<RateCheck, StateError> {
+        let mut inner = self.lock()?;
+        Self::sweep(&mut inner, now);
+        self.rate_in(&mut inner.entries, key, limit, window, cost, now)
+    }
+
+    fn rate_in(
+        &self,
+        map: &mut HashMap<String, Entry>,
+        key: &str,
+        limit: u64,
+        window: Duration,
+        cost: u64,
+        now: Instant,
+    ) -> Result<RateCheck, StateError> {
         let window = window.max(Duration::from_millis(1));
-        let mut map = self.lock()?;
-        Self::sweep(&mut map, now);
         // Windows are aligned on the store's epoch so every key rolls at the same instants.
         let since = now.duration_since(self.epoch).as_nanos();
         let aligned = since - since % window.as_nanos();
@@ -134,15 +162,18 @@ impl MemoryStore {
     }
 }
 
-#[async_trait::async_trait]
-impl StateStore for MemoryStore {
-    async fn incr(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, StateError> {
-        let now = Instant::now();
-        let mut map = self.lock()?;
-        Self::sweep(&mut map, now);
+impl MemoryStore {
+    fn incr_at(
+        map: &mut HashMap<String, Entry>,
+        key: &str,
+        delta: i64,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<i64, StateError> {
+        let ttl = super::effective_ttl(ttl);
         let fresh = || Entry::Counter {
             value: 0,
-            expires: (!ttl.is_zero()).then(|| now + ttl),
+            expires: Some(now + ttl),
         };
         let entry = map.entry(key.to_string()).or_insert_with(fresh);
         if let Entry::Counter {
@@ -162,9 +193,12 @@ impl StateStore for MemoryStore {
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<i64>, StateError> {
-        let now = Instant::now();
-        match self.lock()?.get(key) {
+    fn get_at(
+        map: &HashMap<String, Entry>,
+        key: &str,
+        now: Instant,
+    ) -> Result<Option<i64>, StateError> {
+        match map.get(key) {
             Some(Entry::Counter { value, expires }) if expires.is_none_or(|t| t > now) => {
                 Ok(Some(*value))
             }
@@ -173,14 +207,84 @@ impl StateStore for MemoryStore {
         }
     }
 
-    async fn check_rate(
-        &self,
+    /// The open holds on `key`, expired ones dropped.
+    fn open_holds<'a>(
+        holds: &'a mut HashMap<String, Holds>,
         key: &str,
-        limit: u64,
-        window: Duration,
-        cost: u64,
-    ) -> Result<RateCheck, StateError> {
-        self.rate_at(key, limit, window, cost, Instant::now())
+        now: Instant,
+    ) -> &'a mut Holds {
+        let h = holds.entry(key.to_string()).or_default();
+        h.retain(|_, (_, expires)| *expires > now);
+        h
+    }
+
+    fn acquire_at(inner: &mut Inner, hold: &Hold, now: Instant) -> Result<HoldState, StateError> {
+        let used = Self::get_at(&inner.entries, &hold.key, now)?.unwrap_or(0);
+        let holds = Self::open_holds(&mut inner.holds, &hold.key, now);
+        holds.remove(&hold.holder);
+        let held: i64 = holds.values().map(|(a, _)| *a).sum();
+        let fits = used.saturating_add(held).saturating_add(hold.amount.max(0)) <= hold.limit;
+        if fits {
+            let ttl = super::effective_ttl(hold.ttl);
+            holds.insert(hold.holder.clone(), (hold.amount.max(0), now + ttl));
+        }
+        Ok(HoldState {
+            granted: fits,
+            used,
+            held: if fits {
+                held + hold.amount.max(0)
+            } else {
+                held
+            },
+        })
+    }
+
+    fn release_at(inner: &mut Inner, s: &Settlement, now: Instant) -> Result<bool, StateError> {
+        let holds = Self::open_holds(&mut inner.holds, &s.key, now);
+        let was_open = holds.remove(&s.holder).is_some();
+        if holds.is_empty() {
+            inner.holds.remove(&s.key);
+        }
+        if s.settle != 0 {
+            Self::incr_at(&mut inner.entries, &s.key, s.settle, s.ttl, now)?;
+        }
+        Ok(was_open)
+    }
+
+    fn apply(&self, inner: &mut Inner, op: &Op, now: Instant) -> Result<Answer, StateError> {
+        match op {
+            Op::Incr { key, delta, ttl } => {
+                Self::incr_at(&mut inner.entries, key, *delta, *ttl, now).map(Answer::Counter)
+            }
+            Op::Get { key } => Self::get_at(&inner.entries, key, now).map(Answer::Value),
+            Op::CheckRate {
+                key,
+                limit,
+                window,
+                cost,
+            } => self
+                .rate_in(&mut inner.entries, key, *limit, *window, *cost, now)
+                .map(Answer::Rate),
+            Op::Acquire(hold) => Self::acquire_at(inner, hold, now).map(Answer::Acquired),
+            Op::Release(s) => Self::release_at(inner, s, now).map(Answer::Released),
+        }
+    }
+
+    /// Runs `ops` at `now` (tests drive the clock).
+    fn batch_at(&self, ops: &[Op], now: Instant) -> Result<Answers, StateError> {
+        let mut inner = self.lock()?;
+        Self::sweep(&mut inner, now);
+        Ok(ops
+            .iter()
+            .map(|op| self.apply(&mut inner, op, now))
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for MemoryStore {
+    async fn batch(&self, ops: &[Op]) -> Result<Answers, StateError> {
+        self.batch_at(ops, Instant::now())
     }
 }
 
@@ -234,6 +338,65 @@ mod tests {
         // Two windows later everything has rolled off.
         let t2 = t0 + Duration::from_secs(200);
         assert_eq!(s.rate_at("k", 10, w, 1, t2).unwrap().remaining, 9);
+    }
+
+    fn hold(holder: &str, amount: i64, limit: i64, ttl_ms: u64) -> Op {
+        Op::Acquire(Hold {
+            key: "cap".into(),
+            holder: holder.into(),
+            amount,
+            limit,
+            ttl: Duration::from_millis(ttl_ms),
+        })
+    }
+
+    fn granted(a: &Result<Answer, StateError>) -> bool {
+        matches!(a, Ok(Answer::Acquired(HoldState { granted: true, .. })))
+    }
+
+    #[test]
+    fn holds_fit_the_limit_settle_into_the_counter_and_expire() {
+        let s = MemoryStore::new();
+        let t0 = Instant::now();
+        let a = s
+            .batch_at(&[hold("a", 60, 100, 1_000), hold("b", 60, 100, 1_000)], t0)
+            .unwrap();
+        assert!(granted(&a[0]) && !granted(&a[1]), "{a:?}");
+        // Settling a's real use (30) frees the rest of its reservation.
+        let settle = Op::Release(Settlement {
+            key: "cap".into(),
+            holder: "a".into(),
+            settle: 30,
+            ttl: Duration::ZERO,
+        });
+        assert_eq!(
+            s.batch_at(std::slice::from_ref(&settle), t0).unwrap()[0]
+                .as_ref()
+                .unwrap(),
+            &Answer::Released(true)
+        );
+        let b = s.batch_at(&[hold("b", 60, 100, 1_000)], t0).unwrap();
+        assert_eq!(
+            b[0].as_ref().unwrap(),
+            &Answer::Acquired(HoldState {
+                granted: true,
+                used: 30,
+                held: 60
+            })
+        );
+        // b's holder dies: its hold expires and stops counting; the settled 30 stay.
+        let later = t0 + Duration::from_millis(1_001);
+        let c = s.batch_at(&[hold("c", 70, 100, 1_000)], later).unwrap();
+        assert!(granted(&c[0]), "{c:?}");
+        // A late release still settles, but ends nothing.
+        let late = s.batch_at(&[settle], later).unwrap();
+        assert_eq!(late[0].as_ref().unwrap(), &Answer::Released(false));
+        assert_eq!(
+            s.batch_at(&[Op::Get { key: "cap".into() }], later).unwrap()[0]
+                .as_ref()
+                .unwrap(),
+            &Answer::Value(Some(60))
+        );
     }
 
     #[tokio::test]
