@@ -360,3 +360,151 @@ fn outage_deny_fails_every_call() {
         matches!(a[0], Err(StateError::Unavailable))
     });
 }
+
+/// A private three-node Redis Cluster on free ports; killed on drop.
+struct PrivateCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateCluster {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("gw-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .current_dir(&dir)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(format!("nodes-{port}.conf"))
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts")
+            })
+            .collect();
+        let cluster = Self { nodes, ports, dir };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for port in &cluster.ports {
+            while redis_cli(*port, &["PING"]) != "PONG" {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_cli(cluster.ports[0], &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_redis_cluster_works_through_the_same_config() {
+    let cluster = PrivateCluster::start();
+    let rt = runtime();
+    let cfg = StateConfig {
+        url: Some(RedisUrls::Cluster(
+            cluster
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        )),
+        ..config(REDIS, &prefix("cluster"), OnUnavailable::Deny)
+    };
+    let (s, incidents) = store(&rt, &cfg);
+    rt.block_on(async {
+        // Keys spread over the slots (and so the nodes); one batch reaches them all.
+        let ops: Vec<Op> = (0..30)
+            .flat_map(|i| {
+                [
+                    Op::Incr {
+                        key: format!("c:{i}"),
+                        delta: i,
+                        ttl: Duration::from_secs(60),
+                    },
+                    hold(&format!("cap:{i}"), "r1", 5, 8, 60_000),
+                    hold(&format!("cap:{i}"), "r2", 5, 8, 60_000),
+                    Op::CheckRate {
+                        key: format!("w:{i}"),
+                        limit: 1,
+                        window: Duration::from_secs(60),
+                        cost: 1,
+                    },
+                ]
+            })
+            .collect();
+        let a = s.batch(&ops).await.unwrap();
+        for i in 0..30usize {
+            assert_eq!(answer(&a[4 * i]), Answer::Counter(i as i64));
+            assert!(matches!(
+                answer(&a[4 * i + 1]),
+                Answer::Acquired(HoldState { granted: true, .. })
+            ));
+            assert!(matches!(
+                answer(&a[4 * i + 2]),
+                Answer::Acquired(HoldState { granted: false, .. })
+            ));
+            assert!(matches!(answer(&a[4 * i + 3]), Answer::Rate(r) if r.allowed));
+        }
+        let again = s
+            .batch(&[Op::CheckRate {
+                key: "w:7".into(),
+                limit: 1,
+                window: Duration::from_secs(60),
+                cost: 1,
+            }])
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer(&again[0]), Answer::Rate(r) if !r.allowed),
+            "{again:?}"
+        );
+    });
+    let used: Vec<usize> = cluster
+        .ports
+        .iter()
+        .map(|p| redis_cli(*p, &["DBSIZE"]).parse().unwrap_or(0))
+        .collect();
+    assert!(
+        used.iter().filter(|n| **n > 0).count() >= 2,
+        "keys on one node only: {used:?}"
+    );
+    assert_eq!(incidents.get(), 0);
+}

@@ -3,8 +3,8 @@
 //! Every operation is atomic on the server: a counter read is one `GET`; everything that
 //! reads and writes is a Lua script (`lua/`), sent by its SHA-1 (`EVALSHA`) and re-sent whole
 //! (`EVAL`) the one time a server answers that it does not know it (after a restart). A batch
-//! is one round trip: a pipeline on a single node; on a cluster its operations go out
-//! concurrently over the multiplexed connections, each to its slot's node.
+//! is one round trip: a pipeline on a single node; on a cluster one pipeline per key, in the
+//! batch's order, each to its key's node, all concurrently.
 //!
 //! Key layout under `key_prefix` (the plugin's key in braces, a cluster hash tag, so that a
 //! capacity's three keys live in one slot):
@@ -146,7 +146,7 @@ impl RedisStore {
 
     /// A round trip to the server (the health probe).
     pub async fn ping(&self) -> Result<(), StateError> {
-        let answers = self.run(vec![redis::cmd("PING")]).await?;
+        let answers = self.run(vec![(None, redis::cmd("PING"))]).await?;
         match answers.into_iter().next() {
             Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(backend(e)),
@@ -163,7 +163,7 @@ impl RedisStore {
             .map(|script| {
                 let mut c = redis::cmd("SCRIPT");
                 c.arg("LOAD").arg(script.text);
-                c
+                (None, c)
             })
             .collect();
         for answer in self.run(cmds).await? {
@@ -245,14 +245,19 @@ impl RedisStore {
         }
     }
 
+    fn keyed(&self, op: &Op, whole: bool) -> Keyed {
+        (Some(op.key().to_string()), self.command(op, whole))
+    }
+
     /// A capacity's keys: its settled counter, its holds' expiries, its holds' amounts.
     fn capacity_keys(&self, key: &str) -> [String; 3] {
         let k = self.key(key);
         [k.clone(), format!("{k}:h"), format!("{k}:a")]
     }
 
-    /// Sends `cmds` in one round trip on the store's runtime; one answer per command.
-    async fn run(&self, cmds: Vec<Cmd>) -> Result<Vec<RedisResult<Value>>, StateError> {
+    /// Sends `cmds` in one round trip on the store's runtime; one answer per command. Each
+    /// command comes with the plugin key it works on (`None`: no key, such as `SCRIPT LOAD`).
+    async fn run(&self, cmds: Vec<Keyed>) -> Result<Vec<RedisResult<Value>>, StateError> {
         self.runtime
             .spawn(send(Arc::clone(&self.conn), cmds))
             .await
@@ -260,13 +265,16 @@ impl RedisStore {
     }
 }
 
+/// A command and the plugin key it works on (its cluster hash tag), if any.
+type Keyed = (Option<String>, Cmd);
+
 /// Sends `cmds` in one round trip; one answer per command.
-async fn send(conn: Arc<Conn>, cmds: Vec<Cmd>) -> Result<Vec<RedisResult<Value>>, StateError> {
+async fn send(conn: Arc<Conn>, cmds: Vec<Keyed>) -> Result<Vec<RedisResult<Value>>, StateError> {
     {
         match &*conn {
             Conn::Node(manager) => {
                 let mut pipe = redis::pipe();
-                for c in cmds {
+                for (_, c) in cmds {
                     pipe.add_command(c);
                 }
                 let mut conn = manager.clone();
@@ -284,22 +292,7 @@ async fn send(conn: Arc<Conn>, cmds: Vec<Cmd>) -> Result<Vec<RedisResult<Value>>
                         c
                     }
                 };
-                // Concurrently, each to its slot's node: one round trip's latency.
-                let sent: Vec<_> = cmds
-                    .into_iter()
-                    .map(|c| {
-                        let mut connection = (*connection).clone();
-                        tokio::spawn(async move { c.query_async::<Value>(&mut connection).await })
-                    })
-                    .collect();
-                let mut answers = Vec::with_capacity(sent.len());
-                for handle in sent {
-                    answers.push(
-                        handle
-                            .await
-                            .map_err(|e| StateError::Backend(e.to_string()))?,
-                    );
-                }
+                let answers = cluster_round_trip(&connection, cmds).await?;
                 if let Some(Err(e)) = answers.first() {
                     if answers.iter().all(Result::is_err) && !is_server_error(e) {
                         // Connection trouble: connect afresh next time.
@@ -311,6 +304,64 @@ async fn send(conn: Arc<Conn>, cmds: Vec<Cmd>) -> Result<Vec<RedisResult<Value>>
             }
         }
     }
+}
+
+/// A cluster round trip: the commands on one key go as one pipeline, in order, to that key's
+/// node; different keys (and keyless commands, which the client routes itself) go concurrently.
+async fn cluster_round_trip(
+    connection: &ClusterConnection,
+    cmds: Vec<Keyed>,
+) -> Result<Vec<RedisResult<Value>>, StateError> {
+    let mut groups: Vec<(Option<String>, Vec<usize>, redis::Pipeline)> = Vec::new();
+    let n = cmds.len();
+    for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+        let found = match &key {
+            Some(_) => groups.iter_mut().find(|(k, _, _)| *k == key),
+            None => None,
+        };
+        match found {
+            Some((_, members, pipe)) => {
+                members.push(i);
+                pipe.add_command(cmd);
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd).ignore_errors();
+                groups.push((key, vec![i], pipe));
+            }
+        }
+    }
+    let sent: Vec<_> = groups
+        .into_iter()
+        .map(|(_, members, pipe)| {
+            let mut connection = connection.clone();
+            let task = tokio::spawn(async move {
+                pipe.query_async::<Vec<RedisResult<Value>>>(&mut connection)
+                    .await
+            });
+            (members, task)
+        })
+        .collect();
+    let mut answers: Vec<Option<RedisResult<Value>>> = (0..n).map(|_| None).collect();
+    for (members, task) in sent {
+        let group = task.await.map_err(|e| StateError::Backend(e.to_string()))?;
+        match group {
+            Ok(results) => {
+                for (i, r) in members.into_iter().zip(results) {
+                    answers[i] = Some(r);
+                }
+            }
+            Err(e) => {
+                for i in members {
+                    answers[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(RedisError::from((redis::ErrorKind::Io, "no answer")))))
+        .collect())
 }
 
 /// Whether an error is the server's answer (a script error, a wrong type), not the link's.
@@ -386,7 +437,7 @@ impl StateStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut answers = self
-            .run(ops.iter().map(|op| self.command(op, false)).collect())
+            .run(ops.iter().map(|op| self.keyed(op, false)).collect())
             .await?;
         if answers.len() != ops.len() {
             return Err(StateError::Backend(format!(
@@ -404,7 +455,7 @@ impl StateStore for RedisStore {
                 .run(
                     unknown
                         .iter()
-                        .map(|&i| self.command(&ops[i], true))
+                        .map(|&i| self.keyed(&ops[i], true))
                         .collect(),
                 )
                 .await?;
