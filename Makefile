@@ -50,7 +50,9 @@ bench-streams: setup-system
 setup-system:
 	scripts/setup-system.sh
 
+## setup-test: the test tools (Python venv, Claude Code from npm) and a running Redis
 setup-test: $(STAMPS)/venv $(STAMPS)/npm
+	scripts/setup-system.sh test
 
 $(STAMPS)/venv: tests/requirements.txt
 	mkdir -p $(STAMPS)
