@@ -78,6 +78,10 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// The request metadata key under which the gateway puts, before `on_complete`, how many
+    /// of the cache writes were 1-hour writes (see [`cache_write_1h_tokens`](Self::cache_write_1h_tokens)).
+    pub const CACHE_WRITE_1H_TOKENS: &'static str = "gateway.cache_write_1h_tokens";
+
     /// A completion with this status and outcome and nothing else (zero usage and timings);
     /// set the public fields for the rest. Mostly for tests.
     pub fn new(status: u16, outcome: Outcome) -> Self {
@@ -99,6 +103,18 @@ impl Completion {
     pub fn with_usage(mut self, usage: Usage) -> Self {
         self.usage = usage;
         self
+    }
+
+    /// How many of `usage.cache_write_tokens` were written to the prompt cache for 1 hour
+    /// (the rest were 5-minute writes, priced lower). The gateway says so in the request's
+    /// metadata under [`CACHE_WRITE_1H_TOKENS`](Self::CACHE_WRITE_1H_TOKENS); 0 when it is
+    /// absent (or not a number), and never more than `usage.cache_write_tokens`.
+    pub fn cache_write_1h_tokens(&self) -> u64 {
+        self.request()
+            .metadata(Self::CACHE_WRITE_1H_TOKENS)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(self.usage.cache_write_tokens)
     }
 
     /// The request (read-only).

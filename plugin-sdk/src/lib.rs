@@ -4,13 +4,14 @@
 //! request before an upstream is chosen ([`Plugin::on_request`]), the upstream's response head
 //! ([`Plugin::on_response`]) and, after the last byte, how the request ended
 //! ([`Plugin::on_complete`]). On the way it can deny the request, rewrite the model, set
-//! headers, record who is calling, count things in the gateway's shared state, verify JWTs,
-//! write audit records and export metrics.
+//! headers, record who is calling, count and hold capacity in the gateway's shared state,
+//! look models up in the gateway's catalog, verify JWTs, write audit records and export
+//! metrics.
 //!
-//! The contract is the WIT package `llm-gateway:plugin@1.1.0` in `wit/plugin.wit`; this crate
+//! The contract is the WIT package `llm-gateway:plugin@1.2.0` in `wit/plugin.wit`; this crate
 //! hides its generated bindings and offers a [`Plugin`] trait, typed [`Request`] and
 //! [`Response`] handles and one small module per host service ([`log`], [`clock`], [`state`],
-//! [`jwt`], [`audit`], [`metrics`]). `CONTRACT.md` beside this crate says what the types cannot:
+//! [`catalog`], [`jwt`], [`audit`], [`metrics`]). `CONTRACT.md` beside this crate says what the types cannot:
 //! phase order, what may change when, limits, errors, isolation and versioning.
 //!
 //! ```
@@ -50,6 +51,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod catalog;
 pub mod clock;
 mod completion;
 mod decision;

@@ -4,8 +4,10 @@
 //! phases on [`MockRequest`]s the way the gateway does, and keeps what the plugin did where a
 //! test can look: the [`Exchange`] of each request (decision, headers set, model rewrite,
 //! identity, metadata, response headers) and the host's sinks (audit records, metrics, log
-//! lines). The state store and the clock are in memory, the clock is set by the test, and
-//! JWTs are verified for real (HS256, RS256, ES256; JWKS documents registered per URL).
+//! lines). The state store and the clock are in memory, the clock is set by the test (holds
+//! expire on it), every state store call is recorded ([`TestHost::state_calls`]), the model
+//! catalog holds the models a test registers ([`TestHost::add_model`]), and JWTs are
+//! verified for real (HS256, RS256, ES256; JWKS documents registered per URL).
 //!
 //! ```
 //! use llm_gateway_plugin::testing::{MockRequest, TestHost};
@@ -36,7 +38,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::host::{self, Context, Phase, RequestState, ResponseState, Services};
+use crate::catalog::{Model, Price};
+use crate::host::{self, CatalogEntry, Context, Phase, RequestState, ResponseState, Services};
 use crate::log::Level;
 use crate::{Completion, Decision, Denial, Error, FrontDoor, Operation, Outcome, Plugin, Request};
 
@@ -213,6 +216,17 @@ impl MockResponse {
     }
 }
 
+/// One call a plugin made to the state store: one round trip (or, for `submit`, one hand-off
+/// to run off the request's path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCall {
+    /// The function called, by its contract name: `incr`, `get`, `check-rate`, `acquire`,
+    /// `release`, `batch` or `submit`.
+    pub function: &'static str,
+    /// For `batch` and `submit`, the operations' names in order (empty for the others).
+    pub ops: Vec<&'static str>,
+}
+
 /// One request's trip through the plugin: what it decided and what it changed.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -299,6 +313,14 @@ impl Exchange {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets metadata the way the gateway does between phases (keys starting `gateway.`, such
+    /// as [`Completion::CACHE_WRITE_1H_TOKENS`], which it sets before `on_complete`).
+    pub fn set_host_metadata(&mut self, key: &str, value: &str) {
+        self.request
+            .metadata
+            .insert(key.to_string(), value.to_string());
     }
 
     /// The response headers the plugin set.
@@ -501,14 +523,70 @@ impl<P: Plugin> TestHost<P> {
         self.services.jwks.insert(url.to_string(), jwks.to_string());
     }
 
-    /// A counter's value in the state store (as `state::get` would answer).
+    /// A counter's value in the state store (as `state::get` would answer; not recorded as a
+    /// call).
     pub fn state_counter(&self, key: &str) -> Option<i64> {
-        let mut services = self.services.clone();
-        let mut request = RequestState::default();
-        let mut response = None;
-        let _installed =
-            Installed::new(Phase::Complete, &mut services, &mut request, &mut response);
-        host::state_get(key).ok().flatten()
+        host::counter_value(&self.services, key).ok().flatten()
+    }
+
+    /// The holds open on the capacity `key` (not expired on the test clock), by holder, in
+    /// holder order.
+    pub fn state_holds(&self, key: &str) -> Vec<(String, i64)> {
+        host::open_holds(&self.services, key)
+    }
+
+    /// What the holds open on `key` add up to (0 when there are none).
+    pub fn state_held(&self, key: &str) -> i64 {
+        self.state_holds(key).iter().map(|(_, amount)| amount).sum()
+    }
+
+    /// Every state store call made so far, in order.
+    pub fn state_calls(&self) -> &[StateCall] {
+        &self.services.state_calls
+    }
+
+    /// The state store calls made since the last time this was called (and forgets them),
+    /// to check what one phase did.
+    pub fn take_state_calls(&mut self) -> Vec<StateCall> {
+        std::mem::take(&mut self.services.state_calls)
+    }
+
+    /// Makes the state store unreachable (`true`) or reachable again: every call answers an
+    /// error (each operation of a batch too) and submitted operations are lost, as when the
+    /// gateway's `[state] on_unavailable` is `"deny"`.
+    pub fn set_state_unavailable(&mut self, unavailable: bool) {
+        self.services.state_unavailable = unavailable;
+    }
+
+    /// Adds a model to the catalog: `catalog::lookup` answers it for its `name` and for each
+    /// of `ids` (provider IDs, inference profiles, application inference profile ARNs), with
+    /// `display_name` = `name`. As in the gateway, a Bedrock ID with a geographic prefix
+    /// (`us.`, `eu.`, `global.`, …) finds the model registered under `anthropic.…`. A model
+    /// added again with the same name replaces the first.
+    ///
+    /// ```
+    /// use llm_gateway_plugin::catalog::Price;
+    /// # use llm_gateway_plugin::{Error, Plugin};
+    /// # struct P;
+    /// # impl Plugin for P { fn init(_: &serde_json::Value) -> Result<Self, Error> { Ok(P) } }
+    /// # let mut host = llm_gateway_plugin::testing::TestHost::<P>::new(serde_json::json!({})).unwrap();
+    /// host.add_model(
+    ///     "claude-sonnet-4-5",
+    ///     &["us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ///       "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"],
+    ///     Some(Price { input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.75, cache_write_1h: 6.0 }),
+    /// );
+    /// ```
+    pub fn add_model(&mut self, name: &str, ids: &[&str], price: Option<Price>) {
+        self.services.catalog.retain(|e| e.model.name != name);
+        self.services.catalog.push(CatalogEntry {
+            model: Model {
+                name: name.to_string(),
+                display_name: name.to_string(),
+                price,
+            },
+            ids: ids.iter().map(|id| id.to_string()).collect(),
+        });
     }
 
     /// Every audit record emitted so far.
@@ -795,6 +873,221 @@ mod tests {
         assert_eq!(h.state_counter("k"), Some(2));
         h.advance_clock_ms(1_000);
         assert_eq!(h.state_counter("k"), None);
+    }
+
+    /// Runs `f` as plugin code in an `on_request` of `h`'s host.
+    fn in_phase<R>(h: &mut TestHost<Gate>, f: impl FnOnce() -> R) -> R {
+        let mut request = RequestState::default();
+        let mut response = None;
+        let _i = Installed::new(Phase::Request, &mut h.services, &mut request, &mut response);
+        f()
+    }
+
+    #[test]
+    fn holds_fit_under_the_limit_beside_settled_use_and_other_holds() {
+        let mut h = host();
+        in_phase(&mut h, || state::incr("cap", 3, 0)).unwrap();
+        let a = in_phase(&mut h, || state::acquire("cap", "a", 4, 10, 1_000)).unwrap();
+        assert_eq!(
+            a,
+            state::HoldState {
+                granted: true,
+                used: 3,
+                held: 4
+            }
+        );
+        // b does not fit beside a: refused, nothing changes.
+        let b = in_phase(&mut h, || state::acquire("cap", "b", 4, 10, 1_000)).unwrap();
+        assert_eq!(
+            b,
+            state::HoldState {
+                granted: false,
+                used: 3,
+                held: 4
+            }
+        );
+        assert_eq!(h.state_holds("cap"), vec![("a".to_string(), 4)]);
+        // a takes its hold again: it replaces the old one instead of adding to it.
+        let again = in_phase(&mut h, || state::acquire("cap", "a", 7, 10, 1_000)).unwrap();
+        assert!(again.granted && again.held == 7);
+        // Refused when taken again too big: the earlier hold has ended all the same.
+        let too_big = in_phase(&mut h, || state::acquire("cap", "a", 8, 10, 1_000)).unwrap();
+        assert!(!too_big.granted && too_big.held == 0);
+        assert_eq!(h.state_held("cap"), 0);
+        in_phase(&mut h, || state::acquire("cap", "a", 7, 10, 1_000)).unwrap();
+        // Releasing settles the real use into the counter `get` reads.
+        assert!(in_phase(&mut h, || state::release("cap", "a", 2, 0)).unwrap());
+        assert_eq!((h.state_counter("cap"), h.state_held("cap")), (Some(5), 0));
+        // A lease released with 0 leaves the counter alone (and creates none).
+        in_phase(&mut h, || state::acquire("lease", "a", 1, 1, 1_000)).unwrap();
+        assert!(in_phase(&mut h, || state::release("lease", "a", 0, 0)).unwrap());
+        assert_eq!(h.state_counter("lease"), None);
+        // Bad holds are errors, as are holds on a rate window.
+        assert!(in_phase(&mut h, || state::acquire("cap", "a", -1, 10, 1_000)).is_err());
+        assert!(in_phase(&mut h, || state::acquire("cap", "a", 1, 10, 0)).is_err());
+        in_phase(&mut h, || state::check_rate("window", 5, 60_000, 1)).unwrap();
+        assert!(in_phase(&mut h, || state::acquire("window", "a", 1, 10, 1_000)).is_err());
+    }
+
+    #[test]
+    fn holds_expire_on_the_test_clock_and_late_settlements_still_count() {
+        let mut h = host();
+        let take = |h: &mut TestHost<Gate>, holder: &'static str| {
+            in_phase(h, || state::acquire("streams", holder, 1, 1, 10_000))
+                .unwrap()
+                .granted
+        };
+        assert!(take(&mut h, "a"));
+        assert!(!take(&mut h, "b"));
+        h.advance_clock_ms(9_999);
+        assert!(!take(&mut h, "b"));
+        h.advance_clock_ms(1);
+        assert_eq!(h.state_held("streams"), 0);
+        assert!(take(&mut h, "b"));
+        // a's hold had expired: releasing it answers false but still settles.
+        assert!(!in_phase(&mut h, || state::release("streams", "a", 5, 60_000)).unwrap());
+        assert_eq!(h.state_counter("streams"), Some(5));
+        assert_eq!(h.state_holds("streams"), vec![("b".to_string(), 1)]);
+        // The settled counter expires with the ttl it was created with.
+        h.advance_clock_ms(60_000);
+        assert_eq!(h.state_counter("streams"), None);
+    }
+
+    #[test]
+    fn a_batch_is_one_call_with_an_answer_per_op_and_submit_runs_off_the_path() {
+        use state::{Answer, Op};
+        let mut h = host();
+        h.take_state_calls();
+        let answers = in_phase(&mut h, || {
+            state::batch(&[
+                Op::incr("n", 2, 0),
+                Op::get("n"),
+                Op::check_rate("n", 1, 1_000, 1), // a counter is not a window
+                Op::acquire("cap", "r1", 3, 3, 1_000),
+                Op::acquire("cap", "r2", 1, 3, 1_000),
+                Op::release("cap", "r1", 3, 0),
+            ])
+        });
+        assert_eq!(answers[0], Ok(Answer::Counter(2)));
+        assert_eq!(answers[1].as_ref().unwrap().value(), Some(Some(2)));
+        assert!(answers[2].is_err());
+        assert!(answers[3].as_ref().unwrap().acquired().unwrap().granted);
+        assert!(!answers[4].as_ref().unwrap().acquired().unwrap().granted);
+        assert_eq!(answers[5], Ok(Answer::Released(true)));
+        assert_eq!(
+            h.take_state_calls(),
+            vec![StateCall {
+                function: "batch",
+                ops: vec!["incr", "get", "check-rate", "acquire", "acquire", "release"],
+            }]
+        );
+        // submit: no answers, errors dropped, the rest still runs.
+        in_phase(&mut h, || {
+            state::submit(&[Op::check_rate("n", 1, 1_000, 1), Op::incr("n", 1, 0)])
+        });
+        assert_eq!(h.state_counter("n"), Some(3));
+        assert_eq!(h.state_calls()[0].function, "submit");
+        // Empty batches and submits make no call.
+        in_phase(&mut h, || {
+            assert!(state::batch(&[]).is_empty());
+            state::submit(&[]);
+        });
+        assert_eq!(h.state_calls().len(), 1);
+    }
+
+    #[test]
+    fn an_unavailable_store_fails_every_call_and_loses_submissions() {
+        use state::Op;
+        let mut h = host();
+        h.set_state_unavailable(true);
+        let answers = in_phase(&mut h, || {
+            in_phase_unavailable_checks();
+            state::submit(&[Op::incr("n", 1, 0)]);
+            state::batch(&[Op::get("n"), Op::incr("n", 1, 0)])
+        });
+        assert!(answers.iter().all(Result::is_err));
+        h.set_state_unavailable(false);
+        assert_eq!(h.state_counter("n"), None);
+    }
+
+    fn in_phase_unavailable_checks() {
+        assert!(state::incr("n", 1, 0).is_err());
+        assert!(state::get("n").is_err());
+        assert!(state::acquire("n", "a", 1, 1, 1).is_err());
+        assert!(state::release("n", "a", 1, 0).is_err());
+    }
+
+    #[test]
+    fn the_catalog_answers_registered_models_by_any_id() {
+        use crate::catalog;
+        let mut h = host();
+        let price = Price {
+            input: 3.0,
+            output: 15.0,
+            cache_read: 0.3,
+            cache_write: 3.75,
+            cache_write_1h: 6.0,
+        };
+        h.add_model(
+            "claude-sonnet-4-5",
+            &["arn:x/abc", "anthropic.claude-sonnet-4-5-v1:0"],
+            Some(price),
+        );
+        h.add_model("nova", &[], None);
+        let found = in_phase(&mut h, || {
+            [
+                "claude-sonnet-4-5",
+                "arn:x/abc",
+                "eu.anthropic.claude-sonnet-4-5-v1:0",
+                "nova",
+                "eu.nova",
+            ]
+            .map(catalog::lookup)
+        });
+        let sonnet = found[0].clone().unwrap();
+        assert_eq!(
+            (sonnet.name.as_str(), sonnet.display_name.as_str()),
+            ("claude-sonnet-4-5", "claude-sonnet-4-5")
+        );
+        assert_eq!(sonnet.price, Some(price));
+        assert_eq!(found[1], found[0]);
+        assert_eq!(found[2], found[0]);
+        assert_eq!(found[3].as_ref().unwrap().price, None);
+        assert_eq!(found[4], None);
+    }
+
+    /// Reads the 1-hour cache writes in on_complete.
+    struct CacheWrites;
+
+    impl Plugin for CacheWrites {
+        fn init(_: &Value) -> Result<Self, Error> {
+            Ok(CacheWrites)
+        }
+        fn on_complete(&mut self, c: &Completion) {
+            metrics::counter_add("cw1h", &[], c.cache_write_1h_tokens()).unwrap();
+        }
+    }
+
+    #[test]
+    fn one_hour_cache_writes_come_from_the_gateway_metadata() {
+        let mut h = TestHost::<CacheWrites>::new(json!({})).unwrap();
+        let done = Completion::new(200, Outcome::Ok).with_usage(Usage {
+            cache_write_tokens: 100,
+            ..Usage::default()
+        });
+        let mut ex = h.on_request(MockRequest::bedrock_invoke("m"));
+        h.on_complete(&mut ex, &done);
+        assert_eq!(h.counter("cw1h", &[]), 0, "absent: 0");
+        ex.set_host_metadata(Completion::CACHE_WRITE_1H_TOKENS, "40");
+        h.on_complete(&mut ex, &done);
+        assert_eq!(h.counter("cw1h", &[]), 40);
+        ex.set_host_metadata(Completion::CACHE_WRITE_1H_TOKENS, "400");
+        h.on_complete(&mut ex, &done);
+        assert_eq!(
+            h.counter("cw1h", &[]),
+            140,
+            "never more than the cache writes"
+        );
     }
 
     #[test]

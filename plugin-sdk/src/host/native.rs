@@ -3,16 +3,19 @@
 //! [`crate::testing::TestHost`] moves a [`Context`] (the phase, the request, the response and
 //! the host's services) into a thread-local slot for the duration of one phase call and takes
 //! it back afterwards. The functions below follow the gateway's rules (phase-bound writes,
-//! protected headers, the state store's arithmetic) so a plugin that passes here behaves the
-//! same in the gateway.
+//! protected headers, the state store's arithmetic, holds and their expiry, the catalog's
+//! lookups) so a plugin that passes here behaves the same in the gateway. Each state store
+//! call is also recorded ([`StateCall`]), so tests can count round trips.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+use crate::catalog::Model;
 use crate::jwt::{Key, Validation};
 use crate::log::Level;
 use crate::request::{FrontDoor, Operation};
-use crate::state::RateCheck;
+use crate::state::{Answer, Hold, HoldState, Op, RateCheck, Settlement};
+use crate::testing::StateCall;
 
 /// Request headers a plugin can neither set nor remove: credentials, framing and hop-by-hop
 /// headers, and the gateway's own (`x-amz-*` too, checked separately).
@@ -124,15 +127,36 @@ pub(crate) enum Entry {
     },
 }
 
+/// One open hold on a capacity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenHold {
+    pub amount: i64,
+    pub expires_ms: u64,
+}
+
+/// A catalog model and every ID that names it.
+#[derive(Debug, Clone)]
+pub(crate) struct CatalogEntry {
+    pub model: Model,
+    pub ids: Vec<String>,
+}
+
 /// A metric's name and its sorted labels.
 pub(crate) type MetricKey = (String, Vec<(String, String)>);
 
-/// What outlives a request: the clock, the state store, JWKS documents and what the plugin
-/// wrote to the host's sinks.
+/// What outlives a request: the clock, the state store, the catalog, JWKS documents and what
+/// the plugin wrote to the host's sinks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Services {
     pub clock_ms: u64,
     pub entries: HashMap<String, Entry>,
+    /// Open holds per capacity key, by holder.
+    pub holds: HashMap<String, BTreeMap<String, OpenHold>>,
+    /// Every state store call, in order.
+    pub state_calls: Vec<StateCall>,
+    /// The store answers every call with an error (`TestHost::set_state_unavailable`).
+    pub state_unavailable: bool,
+    pub catalog: Vec<CatalogEntry>,
     pub jwks: HashMap<String, String>,
     pub audit: Vec<serde_json::Value>,
     pub counters: BTreeMap<MetricKey, u64>,
@@ -422,116 +446,292 @@ fn wrong_type(key: &str) -> String {
     format!("state store: key {key} does not hold a counter")
 }
 
-pub(crate) fn state_incr(key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
+const UNAVAILABLE: &str =
+    "state store unavailable (the test host's store is down: TestHost::set_state_unavailable)";
+
+/// Records a state call and runs it on the store, unless the store is down.
+fn with_store<R>(
+    function: &'static str,
+    ops: &[Op],
+    f: impl FnOnce(&mut Services) -> Result<R, String>,
+) -> Result<R, String> {
     with(|c| {
-        let now = c.services.clock_ms;
-        let fresh = || Entry::Counter {
-            value: 0,
-            expires_ms: (ttl_ms > 0).then(|| now.saturating_add(ttl_ms)),
-        };
-        let entry = c
-            .services
-            .entries
-            .entry(key.to_string())
-            .or_insert_with(fresh);
-        if let Entry::Counter {
-            expires_ms: Some(t),
-            ..
-        } = entry
-        {
-            if *t <= now {
-                *entry = fresh();
-            }
+        c.services.state_calls.push(StateCall {
+            function,
+            ops: ops.iter().map(Op::name).collect(),
+        });
+        if c.services.state_unavailable {
+            return Err(UNAVAILABLE.to_string());
         }
-        match entry {
-            Entry::Counter { value, .. } => {
-                *value = value.saturating_add(delta);
-                Ok(*value)
-            }
-            Entry::Window { .. } => Err(wrong_type(key)),
-        }
+        f(&mut c.services)
     })
 }
 
-pub(crate) fn state_get(key: &str) -> Result<Option<i64>, String> {
-    with(|c| {
-        let now = c.services.clock_ms;
-        match c.services.entries.get(key) {
-            Some(Entry::Counter { value, expires_ms }) if expires_ms.is_none_or(|t| t > now) => {
-                Ok(Some(*value))
-            }
-            Some(Entry::Counter { .. }) | None => Ok(None),
-            Some(Entry::Window { .. }) => Err(wrong_type(key)),
+/// The live value of a counter (`None` for a missing or expired one).
+pub(crate) fn counter_value(s: &Services, key: &str) -> Result<Option<i64>, String> {
+    let now = s.clock_ms;
+    match s.entries.get(key) {
+        Some(Entry::Counter { value, expires_ms }) if expires_ms.is_none_or(|t| t > now) => {
+            Ok(Some(*value))
         }
-    })
+        Some(Entry::Counter { .. }) | None => Ok(None),
+        Some(Entry::Window { .. }) => Err(wrong_type(key)),
+    }
+}
+
+/// The open (unexpired) holds on `key`, by holder.
+pub(crate) fn open_holds(s: &Services, key: &str) -> Vec<(String, i64)> {
+    let now = s.clock_ms;
+    s.holds
+        .get(key)
+        .map(|holds| {
+            holds
+                .iter()
+                .filter(|(_, h)| h.expires_ms > now)
+                .map(|(holder, h)| (holder.clone(), h.amount))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn incr_in(s: &mut Services, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
+    let now = s.clock_ms;
+    let fresh = || Entry::Counter {
+        value: 0,
+        expires_ms: (ttl_ms > 0).then(|| now.saturating_add(ttl_ms)),
+    };
+    let entry = s.entries.entry(key.to_string()).or_insert_with(fresh);
+    if let Entry::Counter {
+        expires_ms: Some(t),
+        ..
+    } = entry
+    {
+        if *t <= now {
+            *entry = fresh();
+        }
+    }
+    match entry {
+        Entry::Counter { value, .. } => {
+            *value = value.saturating_add(delta);
+            Ok(*value)
+        }
+        Entry::Window { .. } => Err(wrong_type(key)),
+    }
 }
 
 /// The sliding-window counter of `CONTRACT.md`: fixed periods of `window_ms` aligned on the
 /// clock's zero; what counts is the current period's total plus the previous period's,
 /// weighted by how much of it still overlaps the window ending now.
+fn check_rate_in(
+    s: &mut Services,
+    key: &str,
+    limit: u64,
+    window_ms: u64,
+    cost: u64,
+) -> Result<RateCheck, String> {
+    let now = s.clock_ms;
+    let window = window_ms.max(1);
+    let aligned = now - now % window;
+    let entry = s.entries.entry(key.to_string()).or_insert(Entry::Window {
+        start_ms: aligned,
+        window_ms: window,
+        current: 0,
+        previous: 0,
+    });
+    let Entry::Window {
+        start_ms,
+        window_ms: w,
+        current,
+        previous,
+    } = entry
+    else {
+        return Err(format!(
+            "state store: key {key} holds a counter, not a rate window"
+        ));
+    };
+    if *w != window || aligned > *start_ms {
+        let periods = if *w == window {
+            (aligned - *start_ms) / window
+        } else {
+            2
+        };
+        *previous = if periods == 1 { *current } else { 0 };
+        *current = 0;
+        *start_ms = aligned;
+        *w = window;
+    }
+    let elapsed = (now - *start_ms) as f64 / window as f64;
+    let weighted_previous = (*previous as f64 * (1.0 - elapsed)).ceil() as u64;
+    let used = weighted_previous + *current;
+    if used + cost <= limit {
+        *current += cost;
+        return Ok(RateCheck {
+            allowed: true,
+            remaining: limit - used - cost,
+            retry_after_ms: 0,
+        });
+    }
+    let retry_after_ms = if *previous > 0 && *current + cost <= limit {
+        let need = (used + cost - limit) as f64;
+        (window as f64 * (need / *previous as f64).min(1.0)).ceil() as u64
+    } else {
+        *start_ms + window - now
+    };
+    Ok(RateCheck {
+        allowed: false,
+        remaining: limit.saturating_sub(used),
+        retry_after_ms: retry_after_ms.max(1),
+    })
+}
+
+/// A hold as the contract says: expired holds and the holder's earlier hold go first;
+/// granted when settled use + the other holders' holds + `amount` fit under `limit`.
+fn acquire_in(s: &mut Services, hold: &Hold) -> Result<HoldState, String> {
+    if hold.amount < 0 {
+        return Err(format!(
+            "state store: a hold's amount is at least 0 (got {})",
+            hold.amount
+        ));
+    }
+    if hold.ttl_ms == 0 {
+        return Err("state store: a hold's ttl is at least 1 ms".into());
+    }
+    let used = counter_value(s, &hold.key)?.unwrap_or(0);
+    let now = s.clock_ms;
+    let holds = s.holds.entry(hold.key.clone()).or_default();
+    holds.retain(|_, h| h.expires_ms > now);
+    // As the gateway's stores do: the holder's earlier hold ends whatever the answer.
+    holds.remove(&hold.holder);
+    let others = holds
+        .values()
+        .fold(0i64, |sum, h| sum.saturating_add(h.amount));
+    let granted = used.saturating_add(others).saturating_add(hold.amount) <= hold.limit;
+    if granted {
+        holds.insert(
+            hold.holder.clone(),
+            OpenHold {
+                amount: hold.amount,
+                expires_ms: now.saturating_add(hold.ttl_ms),
+            },
+        );
+    }
+    if holds.is_empty() {
+        s.holds.remove(&hold.key);
+    }
+    Ok(HoldState {
+        granted,
+        used,
+        held: if granted {
+            others.saturating_add(hold.amount)
+        } else {
+            others
+        },
+    })
+}
+
+/// Ends a hold (whether it was still open is the answer) and settles `settle` into the
+/// counter, even when the hold had expired.
+fn release_in(s: &mut Services, settlement: &Settlement) -> Result<bool, String> {
+    // A rate window is not a capacity: refuse before changing anything.
+    counter_value(s, &settlement.key)?;
+    let now = s.clock_ms;
+    let mut was_open = false;
+    if let Some(holds) = s.holds.get_mut(&settlement.key) {
+        was_open = holds
+            .remove(&settlement.holder)
+            .is_some_and(|h| h.expires_ms > now);
+        holds.retain(|_, h| h.expires_ms > now);
+        if holds.is_empty() {
+            s.holds.remove(&settlement.key);
+        }
+    }
+    if settlement.settle != 0 {
+        incr_in(s, &settlement.key, settlement.settle, settlement.ttl_ms)?;
+    }
+    Ok(was_open)
+}
+
+fn run_op(s: &mut Services, op: &Op) -> Result<Answer, String> {
+    match op {
+        Op::Incr { key, delta, ttl_ms } => incr_in(s, key, *delta, *ttl_ms).map(Answer::Counter),
+        Op::Get { key } => counter_value(s, key).map(Answer::Value),
+        Op::CheckRate {
+            key,
+            limit,
+            window_ms,
+            cost,
+        } => check_rate_in(s, key, *limit, *window_ms, *cost).map(Answer::Rate),
+        Op::Acquire(hold) => acquire_in(s, hold).map(Answer::Acquired),
+        Op::Release(settlement) => release_in(s, settlement).map(Answer::Released),
+    }
+}
+
+pub(crate) fn state_incr(key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
+    with_store("incr", &[], |s| incr_in(s, key, delta, ttl_ms))
+}
+
+pub(crate) fn state_get(key: &str) -> Result<Option<i64>, String> {
+    with_store("get", &[], |s| counter_value(s, key))
+}
+
 pub(crate) fn state_check_rate(
     key: &str,
     limit: u64,
     window_ms: u64,
     cost: u64,
 ) -> Result<RateCheck, String> {
+    with_store("check-rate", &[], |s| {
+        check_rate_in(s, key, limit, window_ms, cost)
+    })
+}
+
+pub(crate) fn state_acquire(hold: &Hold) -> Result<HoldState, String> {
+    with_store("acquire", &[], |s| acquire_in(s, hold))
+}
+
+pub(crate) fn state_release(settlement: &Settlement) -> Result<bool, String> {
+    with_store("release", &[], |s| release_in(s, settlement))
+}
+
+pub(crate) fn state_batch(ops: &[Op]) -> Vec<Result<Answer, String>> {
+    let answers = with_store("batch", ops, |s| {
+        Ok(ops.iter().map(|op| run_op(s, op)).collect::<Vec<_>>())
+    });
+    answers.unwrap_or_else(|e| ops.iter().map(|_| Err(e.clone())).collect())
+}
+
+/// The gateway runs submitted operations after the call returns; here they run at once (the
+/// test host has no "later"), and failures are dropped as the gateway drops them (after
+/// logging them on its side).
+pub(crate) fn state_submit(ops: &[Op]) {
+    let _ = with_store("submit", ops, |s| {
+        for op in ops {
+            let _ = run_op(s, op);
+        }
+        Ok(())
+    });
+}
+
+/// Bedrock's geographic inference-profile prefixes: `us.anthropic.…` names the model that
+/// `anthropic.…` does, as in the gateway's catalog.
+const BEDROCK_GEO_PREFIXES: &[&str] = &[
+    "us.", "eu.", "apac.", "global.", "jp.", "au.", "ca.", "us-gov.",
+];
+
+pub(crate) fn catalog_lookup(id: &str) -> Option<Model> {
+    let find = |catalog: &[CatalogEntry], id: &str| {
+        catalog
+            .iter()
+            .find(|e| e.model.name == id || e.ids.iter().any(|i| i == id))
+            .map(|e| e.model.clone())
+    };
     with(|c| {
-        let now = c.services.clock_ms;
-        let window = window_ms.max(1);
-        let aligned = now - now % window;
-        let entry = c
-            .services
-            .entries
-            .entry(key.to_string())
-            .or_insert(Entry::Window {
-                start_ms: aligned,
-                window_ms: window,
-                current: 0,
-                previous: 0,
-            });
-        let Entry::Window {
-            start_ms,
-            window_ms: w,
-            current,
-            previous,
-        } = entry
-        else {
-            return Err(format!(
-                "state store: key {key} holds a counter, not a rate window"
-            ));
-        };
-        if *w != window || aligned > *start_ms {
-            let periods = if *w == window {
-                (aligned - *start_ms) / window
-            } else {
-                2
-            };
-            *previous = if periods == 1 { *current } else { 0 };
-            *current = 0;
-            *start_ms = aligned;
-            *w = window;
-        }
-        let elapsed = (now - *start_ms) as f64 / window as f64;
-        let weighted_previous = (*previous as f64 * (1.0 - elapsed)).ceil() as u64;
-        let used = weighted_previous + *current;
-        if used + cost <= limit {
-            *current += cost;
-            return Ok(RateCheck {
-                allowed: true,
-                remaining: limit - used - cost,
-                retry_after_ms: 0,
-            });
-        }
-        let retry_after_ms = if *previous > 0 && *current + cost <= limit {
-            let need = (used + cost - limit) as f64;
-            (window as f64 * (need / *previous as f64).min(1.0)).ceil() as u64
-        } else {
-            *start_ms + window - now
-        };
-        Ok(RateCheck {
-            allowed: false,
-            remaining: limit.saturating_sub(used),
-            retry_after_ms: retry_after_ms.max(1),
+        find(&c.services.catalog, id).or_else(|| {
+            let base = BEDROCK_GEO_PREFIXES
+                .iter()
+                .find_map(|p| id.strip_prefix(p))
+                .filter(|rest| rest.starts_with("anthropic."))?;
+            find(&c.services.catalog, base)
         })
     })
 }

@@ -15,13 +15,14 @@ pub mod bindings {
 }
 
 use bindings::llm_gateway::plugin::{
-    audit, clock, jwt, log as wit_log, metrics, request, request_state, response, state, types,
+    audit, catalog, clock, jwt, log as wit_log, metrics, request, request_state, response, state,
+    types,
 };
 
 use crate::jwt::{Key, Validation};
 use crate::log::Level;
 use crate::request::{FrontDoor, Operation};
-use crate::state::RateCheck;
+use crate::state::{Answer, Hold, HoldState, Op, RateCheck, Settlement};
 
 pub(crate) fn method() -> String {
     request::method()
@@ -166,10 +167,108 @@ pub(crate) fn state_check_rate(
     window_ms: u64,
     cost: u64,
 ) -> Result<RateCheck, String> {
-    state::check_rate(key, limit, window_ms, cost).map(|r| RateCheck {
+    state::check_rate(key, limit, window_ms, cost).map(rate_check)
+}
+
+fn rate_check(r: state::RateCheck) -> RateCheck {
+    RateCheck {
         allowed: r.allowed,
         remaining: r.remaining,
         retry_after_ms: r.retry_after_ms,
+    }
+}
+
+fn hold_request(hold: &Hold) -> state::HoldRequest {
+    state::HoldRequest {
+        key: hold.key.clone(),
+        holder: hold.holder.clone(),
+        amount: hold.amount,
+        limit: hold.limit,
+        ttl_ms: hold.ttl_ms,
+    }
+}
+
+fn hold_state(h: state::HoldState) -> HoldState {
+    HoldState {
+        granted: h.granted,
+        used: h.used,
+        held: h.held,
+    }
+}
+
+fn settlement(s: &Settlement) -> state::Settlement {
+    state::Settlement {
+        key: s.key.clone(),
+        holder: s.holder.clone(),
+        settle: s.settle,
+        ttl_ms: s.ttl_ms,
+    }
+}
+
+fn wit_op(op: &Op) -> state::Op {
+    match op {
+        Op::Incr { key, delta, ttl_ms } => state::Op::Incr(state::IncrOp {
+            key: key.clone(),
+            delta: *delta,
+            ttl_ms: *ttl_ms,
+        }),
+        Op::Get { key } => state::Op::Get(key.clone()),
+        Op::CheckRate {
+            key,
+            limit,
+            window_ms,
+            cost,
+        } => state::Op::CheckRate(state::RateOp {
+            key: key.clone(),
+            limit: *limit,
+            window_ms: *window_ms,
+            cost: *cost,
+        }),
+        Op::Acquire(hold) => state::Op::Acquire(hold_request(hold)),
+        Op::Release(s) => state::Op::Release(settlement(s)),
+    }
+}
+
+pub(crate) fn state_acquire(hold: &Hold) -> Result<HoldState, String> {
+    state::acquire(&hold_request(hold)).map(hold_state)
+}
+
+pub(crate) fn state_release(s: &Settlement) -> Result<bool, String> {
+    state::release(&settlement(s))
+}
+
+pub(crate) fn state_batch(ops: &[Op]) -> Vec<Result<Answer, String>> {
+    let ops: Vec<state::Op> = ops.iter().map(wit_op).collect();
+    state::batch(&ops)
+        .into_iter()
+        .map(|answer| {
+            answer.map(|a| match a {
+                state::Answer::Counter(v) => Answer::Counter(v),
+                state::Answer::Value(v) => Answer::Value(v),
+                state::Answer::Rate(r) => Answer::Rate(rate_check(r)),
+                state::Answer::Acquired(h) => Answer::Acquired(hold_state(h)),
+                state::Answer::Released(r) => Answer::Released(r),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn state_submit(ops: &[Op]) {
+    let ops: Vec<state::Op> = ops.iter().map(wit_op).collect();
+    state::submit(&ops)
+}
+
+pub(crate) fn catalog_lookup(id: &str) -> Option<crate::catalog::Model> {
+    catalog::lookup(id).map(|m| crate::catalog::Model {
+        name: m.name,
+        display_name: m.display_name,
+        price: m.price.map(|p| crate::catalog::Price {
+            input: p.input,
+            output: p.output,
+            cache_read: p.cache_read,
+            cache_write: p.cache_write,
+            cache_write_1h: p.cache_write_1h,
+        }),
     })
 }
 
