@@ -298,6 +298,7 @@ impl AuditLog {
                 .as_deref()
                 .or(seen.model_requested.as_deref()),
             &c.usage,
+            c.cache_write_1h_tokens(),
         );
         let body = self.capture_bodies.then(|| req.body_json_text(""));
         let mut text = String::new();

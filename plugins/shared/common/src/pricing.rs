@@ -2,24 +2,35 @@
 //!
 //! ```toml
 //! [plugins.config.prices]                 # USD per million tokens, by model glob
-//! "*opus*"   = { input = 15.0, output = 75.0, cache_read = 1.5, cache_write = 18.75 }
+//! "*opus*"   = { input = 15.0, output = 75.0, cache_read = 1.5, cache_write = 18.75, cache_write_1h = 30.0 }
 //! "*sonnet*" = { input = 3.0, output = 15.0 }
-//! [plugins.config.default_price]          # optional: for models no glob matches
+//! [plugins.config.default_price]          # optional: for models priced nowhere else
 //! input = 3.0
 //! output = 15.0
 //! ```
 //!
-//! `cache_read` defaults to 0.1 × `input` and `cache_write` to 1.25 × `input` (Anthropic's
-//! prompt-caching multipliers for 5-minute cache writes) when not given. When several globs
-//! match a model, the most specific wins (most non-wildcard characters; ties by the pattern's
-//! alphabetical order), because a TOML table's key order is not kept. A model no glob matches
-//! costs `default_price`, or nothing when there is none (logged once per model and instance
-//! as a warning).
+//! `cache_read` defaults to 0.1 × `input`, `cache_write` (5-minute cache writes) to 1.25 ×
+//! `input` and `cache_write_1h` (1-hour cache writes) to 2 × `input`: Anthropic's
+//! prompt-caching multipliers.
+//!
+//! A model ID is priced by the first of these that gives a price:
+//!
+//! 1. a `prices` glob matching the ID as the request names it;
+//! 2. a `prices` glob matching the logical name the gateway's model catalog gives the ID
+//!    (`catalog::lookup`: `claude-sonnet-4-5` for any of its provider IDs, inference profiles,
+//!    or an application inference profile ARN listed in the gateway's `[[models]]`);
+//! 3. the catalog's own price for that model;
+//! 4. `default_price`;
+//!
+//! and is unpriced otherwise. When several globs match, the most specific wins (most
+//! non-wildcard characters; ties by the pattern's alphabetical order), because a TOML table's
+//! key order is not kept.
 //!
 //! USD per million tokens is micro-USD per token, so costs are kept in whole micro-USD.
 
 use std::collections::HashSet;
 
+use llm_gateway_plugin::catalog::{self, Model};
 use llm_gateway_plugin::serde_json::Value;
 use llm_gateway_plugin::{log, Error, Usage};
 
@@ -35,12 +46,26 @@ pub struct Price {
     pub output: f64,
     /// Tokens read from the prompt cache.
     pub cache_read: f64,
-    /// Tokens written to the prompt cache.
+    /// Tokens written to the prompt cache for 5 minutes.
     pub cache_write: f64,
+    /// Tokens written to the prompt cache for 1 hour.
+    pub cache_write_1h: f64,
+}
+
+impl From<catalog::Price> for Price {
+    fn from(p: catalog::Price) -> Self {
+        Self {
+            input: p.input,
+            output: p.output,
+            cache_read: p.cache_read,
+            cache_write: p.cache_write,
+            cache_write_1h: p.cache_write_1h,
+        }
+    }
 }
 
 impl Price {
-    /// Parses `{ input, output, cache_read?, cache_write? }`.
+    /// Parses `{ input, output, cache_read?, cache_write?, cache_write_1h? }`.
     pub fn parse(value: &Value, what: &str) -> Result<Self, Error> {
         let map = match value {
             Value::Object(map) => map,
@@ -50,32 +75,51 @@ impl Price {
                 )))
             }
         };
-        config::only_keys(map, &["input", "output", "cache_read", "cache_write"], what)?;
+        config::only_keys(
+            map,
+            &[
+                "input",
+                "output",
+                "cache_read",
+                "cache_write",
+                "cache_write_1h",
+            ],
+            what,
+        )?;
         let need = |key: &str| {
             config::opt_f64(map, key, what)?
                 .ok_or_else(|| Error::new(format!("bad config: `{what}.{key}` is required")))
         };
         let input = need("input")?;
         let output = need("output")?;
+        let or = |key: &str, default: f64| -> Result<f64, Error> {
+            Ok(config::opt_f64(map, key, what)?.unwrap_or(default))
+        };
         Ok(Self {
             input,
             output,
-            cache_read: config::opt_f64(map, "cache_read", what)?.unwrap_or(input * 0.1),
-            cache_write: config::opt_f64(map, "cache_write", what)?.unwrap_or(input * 1.25),
+            cache_read: or("cache_read", input * 0.1)?,
+            cache_write: or("cache_write", input * 1.25)?,
+            cache_write_1h: or("cache_write_1h", input * 2.0)?,
         })
     }
 
-    /// The cost of `usage`, in micro-USD (rounded to the nearest).
-    pub fn cost_micro_usd(&self, usage: &Usage) -> u64 {
+    /// The cost of `usage`, in micro-USD (rounded to the nearest), with
+    /// `cache_write_1h_tokens` of its cache writes at the 1-hour price and the rest at the
+    /// 5-minute one (`Completion::cache_write_1h_tokens` says how many).
+    pub fn cost_micro_usd(&self, usage: &Usage, cache_write_1h_tokens: u64) -> u64 {
+        let one_hour = cache_write_1h_tokens.min(usage.cache_write_tokens);
+        let five_minutes = usage.cache_write_tokens - one_hour;
         let micro = usage.input_tokens as f64 * self.input
             + usage.output_tokens as f64 * self.output
             + usage.cache_read_tokens as f64 * self.cache_read
-            + usage.cache_write_tokens as f64 * self.cache_write;
+            + five_minutes as f64 * self.cache_write
+            + one_hour as f64 * self.cache_write_1h;
         micro.round() as u64
     }
 }
 
-/// A parsed `prices` table plus `default_price`.
+/// A parsed `prices` table plus `default_price`, resolved with the gateway's catalog.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     /// Most specific first.
@@ -116,26 +160,64 @@ impl PriceTable {
         })
     }
 
-    /// Whether no price at all is configured (every cost is 0).
+    /// Whether the config prices nothing (no `prices`, no `default_price`): models are then
+    /// priced by the catalog only.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.default.is_none()
     }
 
-    /// The price of `model`: the most specific matching glob, else `default_price`.
-    pub fn price(&self, model: &str) -> Option<&Price> {
+    /// The price of the most specific `prices` glob matching `id`, if any.
+    pub fn configured(&self, id: &str) -> Option<Price> {
         self.entries
             .iter()
-            .find(|(glob, _)| glob.matches(model))
-            .map(|(_, price)| price)
-            .or(self.default.as_ref())
+            .find(|(glob, _)| glob.matches(id))
+            .map(|(_, price)| *price)
     }
 
-    /// The cost of `usage` on `model` in micro-USD. An unpriced model costs 0 and is logged
-    /// as a warning the first time this instance sees it (when there was usage to price).
-    pub fn cost_micro_usd(&mut self, model: Option<&str>, usage: &Usage) -> u64 {
+    /// The price of `model` (see the module docs for the order), looking it up in the
+    /// gateway's catalog when no glob matches it as written. `None`: unpriced.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.price_with(model, catalog::lookup)
+    }
+
+    /// [`price`](Self::price) with `lookup` as the catalog (for tests, and for callers that
+    /// already looked the model up).
+    pub fn price_with(
+        &self,
+        model: &str,
+        lookup: impl FnOnce(&str) -> Option<Model>,
+    ) -> Option<Price> {
+        if let Some(price) = self.configured(model) {
+            return Some(price);
+        }
+        let known = if model.is_empty() {
+            None
+        } else {
+            lookup(model)
+        };
+        if let Some(known) = known {
+            if let Some(price) = self.configured(&known.name) {
+                return Some(price);
+            }
+            if let Some(price) = known.price {
+                return Some(price.into());
+            }
+        }
+        self.default
+    }
+
+    /// The cost of `usage` on `model` in micro-USD (`cache_write_1h_tokens` of the cache
+    /// writes at the 1-hour price). An unpriced model costs 0 and is logged as a warning the
+    /// first time this instance sees it (when there was usage to price).
+    pub fn cost_micro_usd(
+        &mut self,
+        model: Option<&str>,
+        usage: &Usage,
+        cache_write_1h_tokens: u64,
+    ) -> u64 {
         let model = model.unwrap_or("");
         match self.price(model) {
-            Some(price) => price.cost_micro_usd(usage),
+            Some(price) => price.cost_micro_usd(usage, cache_write_1h_tokens),
             None => {
                 let used = usage.input_tokens
                     + usage.output_tokens
@@ -171,6 +253,19 @@ mod tests {
 
     use super::*;
 
+    fn usage(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: cache_write,
+        }
+    }
+
+    fn no_catalog(_: &str) -> Option<Model> {
+        None
+    }
+
     #[test]
     fn defaults_specificity_and_costs() {
         let t = PriceTable::from_config(&json!({"prices": {
@@ -179,24 +274,89 @@ mod tests {
             "*opus-4-5*": {"input": 5.0, "output": 25.0},
         }}))
         .unwrap();
-        assert_eq!(t.price("claude-opus-4-1").unwrap().input, 15.0);
-        let p = t.price("us.anthropic.claude-opus-4-5").unwrap();
-        assert_eq!((p.input, p.cache_read, p.cache_write), (5.0, 0.5, 6.25));
-        assert_eq!(t.price("nova").unwrap().input, 1.0);
-        let usage = Usage {
-            input_tokens: 1_000_000,
-            output_tokens: 1_000,
-            cache_read_tokens: 10,
-            cache_write_tokens: 100,
-        };
+        let price = |m: &str| t.price_with(m, no_catalog).unwrap();
+        assert_eq!(price("claude-opus-4-1").input, 15.0);
+        assert_eq!(price("claude-opus-4-1").cache_write_1h, 30.0);
+        let p = price("us.anthropic.claude-opus-4-5");
+        assert_eq!(
+            (p.input, p.cache_read, p.cache_write, p.cache_write_1h),
+            (5.0, 0.5, 6.25, 10.0)
+        );
+        assert_eq!(price("nova").input, 1.0);
         // 1e6*5 + 1e3*25 + 10*0.5 + 100*6.25
-        assert_eq!(p.cost_micro_usd(&usage), 5_000_000 + 25_000 + 5 + 625);
+        assert_eq!(
+            p.cost_micro_usd(&usage(1_000_000, 1_000, 10, 100), 0),
+            5_000_000 + 25_000 + 5 + 625
+        );
         assert!(PriceTable::from_config(&json!({"prices": {"x": {"input": 1}}})).is_err());
         assert!(
             PriceTable::from_config(&json!({"prices": {"x": {"input": 1, "output": -1}}})).is_err()
         );
+        assert!(PriceTable::from_config(
+            &json!({"prices": {"x": {"input": 1, "output": 1, "cache_write_2h": 1}}})
+        )
+        .is_err());
         assert!(PriceTable::from_config(&json!({})).unwrap().is_empty());
         assert_eq!(usd_to_micro(500.0), 500_000_000);
         assert_eq!(micro_to_usd(1_500_000), 1.5);
+    }
+
+    #[test]
+    fn one_hour_cache_writes_have_their_own_price() {
+        let p = Price::parse(
+            &json!({"input": 3.0, "output": 15.0, "cache_write_1h": 7.0}),
+            "p",
+        )
+        .unwrap();
+        // 1000 cache writes, 400 of them for an hour: 600 * 3.75 + 400 * 7
+        assert_eq!(p.cost_micro_usd(&usage(0, 0, 0, 1_000), 400), 2_250 + 2_800);
+        // More 1-hour writes than writes cannot make the 5-minute ones negative.
+        assert_eq!(p.cost_micro_usd(&usage(0, 0, 0, 1_000), 5_000), 7_000);
+        assert_eq!(p.cost_micro_usd(&usage(0, 0, 0, 1_000), 0), 3_750);
+    }
+
+    #[test]
+    fn ids_resolve_through_the_catalog_after_globs_on_the_raw_id() {
+        const ARN: &str = "arn:aws:bedrock:us-east-1:123:application-inference-profile/abc";
+        let built_in = catalog::Price {
+            input: 5.0,
+            output: 25.0,
+            cache_read: 0.5,
+            cache_write: 6.25,
+            cache_write_1h: 10.0,
+        };
+        let catalog = |id: &str| {
+            (id == ARN || id == "claude-opus-4-5").then(|| Model {
+                name: "claude-opus-4-5".into(),
+                display_name: "Claude Opus 4.5".into(),
+                price: Some(built_in),
+            })
+        };
+        let input = |t: &PriceTable, id: &str| t.price_with(id, catalog).map(|p| p.input);
+
+        // Only the catalog knows the ARN's model: its built-in price.
+        let none = PriceTable::from_config(&json!({})).unwrap();
+        assert_eq!(input(&none, ARN), Some(5.0));
+        assert_eq!(input(&none, "amazon.nova-pro"), None);
+        // A glob on the logical name beats the catalog's price...
+        let by_name = PriceTable::from_config(&json!({"prices": {
+            "*opus*": {"input": 15.0, "output": 75.0},
+        }}))
+        .unwrap();
+        assert_eq!(input(&by_name, ARN), Some(15.0));
+        // ...and a glob on the ID as written beats both.
+        let by_id = PriceTable::from_config(&json!({"prices": {
+            "*opus*": {"input": 15.0, "output": 75.0},
+            "arn:*": {"input": 1.0, "output": 1.0},
+        }}))
+        .unwrap();
+        assert_eq!(input(&by_id, ARN), Some(1.0));
+        // default_price comes last: after the catalog's own price.
+        let default = PriceTable::from_config(&json!({
+            "default_price": {"input": 2.0, "output": 2.0},
+        }))
+        .unwrap();
+        assert_eq!(input(&default, ARN), Some(5.0));
+        assert_eq!(input(&default, "amazon.nova-pro"), Some(2.0));
     }
 }
