@@ -5,23 +5,35 @@
 //! EVERY matching rule applies (limits layer: a team cap and a per-person cap both hold). A
 //! request over any limit is refused with 429, a `retry-after` and a message naming the limit
 //! (Claude Code shows it); over a budget whose rule has `downgrade_to`, the model is rewritten
-//! instead. Counters live in the gateway's state store (shared by replicas with Redis). See
-//! `plugins/README.md` for the config and the arithmetic.
+//! instead. Everything lives in the gateway's state store (shared by replicas with Redis).
+//! See `plugins/README.md` for the config and the arithmetic.
 //!
-//! Order of the checks, so that a refused request consumes as little as possible: budgets
-//! (read only), concurrent streams and tokens per minute (counters, undone on a refusal), then
-//! requests per minute (a rate window, which cannot be undone: a request refused by a later
-//! rule's window still counts in an earlier rule's window).
+//! One round trip on the client's path: `on_request` builds the operations of every matched
+//! rule into one `state::batch` (a downgrade adds a second one), then reads the answers in
+//! rule-kind order (budgets, concurrent streams, tokens per minute, requests per minute); the
+//! first refusal answers the client, and whatever the batch took for the request is given
+//! back with one `state::submit`, off the client's path. `on_complete` settles the same way:
+//! one `state::submit`.
+//!
+//! Budgets cannot be dodged: each request **reserves** its worst-case cost on the budget (a
+//! hold in the store that fits under the budget atomically across replicas, beside the
+//! settled spend and every other request's reservation), so requests running at the same
+//! time cannot together spend past it; `on_complete` releases the reservation and settles the
+//! exact cost. A request whose model cannot be priced is refused (403) by a budget rule
+//! rather than counted as free. Concurrent streams are **leases** on the same mechanism. A
+//! reservation or lease whose `on_complete` never comes (a replica died) ends by itself after
+//! `stream_ttl_seconds`.
 
 use llm_gateway_plugin::serde_json::{Map, Value};
+use llm_gateway_plugin::state::{self, Answer, HoldState, Op};
 use llm_gateway_plugin::{
-    clock, export_plugin, log, metrics, state, Completion, Decision, Error, Operation, Plugin,
-    Request, Usage,
+    clock, export_plugin, log, metrics, Completion, Decision, Error, Operation, Plugin, Request,
+    Usage,
 };
 use plugin_common::calendar::{month_key, next_month_start_ms, rfc3339};
 use plugin_common::config;
 use plugin_common::matcher::{Match, RequestFacts};
-use plugin_common::pricing::{micro_to_usd, usd_to_micro, PriceTable};
+use plugin_common::pricing::{micro_to_usd, usd_to_micro, Price, PriceTable};
 use serde::{Deserialize, Serialize};
 
 const MINUTE_MS: u64 = 60_000;
@@ -29,8 +41,9 @@ const MINUTE_MS: u64 = 60_000;
 const TPM_TTL_MS: u64 = 2 * MINUTE_MS;
 /// Budget counters outlive their month by a week.
 const BUDGET_GRACE_MS: u64 = 7 * 86_400_000;
-/// `retry-after` for a refused stream: there is no telling when one ends.
-const STREAM_RETRY_SECONDS: u32 = 5;
+/// `retry-after` when waiting for requests in flight (a stream slot, a budget reservation):
+/// there is no telling when one ends.
+const IN_FLIGHT_RETRY_SECONDS: u32 = 5;
 /// `retry-after` when the state store is down and the plugin fails closed.
 const STORE_DOWN_RETRY_SECONDS: u32 = 5;
 
@@ -69,6 +82,73 @@ struct Estimate {
     max_output_tokens: u64,
 }
 
+/// What a request may use, known before the call: its input estimated from the body's size,
+/// and the output it asks for at most.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    input_tokens: u64,
+    max_tokens: Option<u64>,
+}
+
+impl Size {
+    /// The tokens-per-minute charge: input plus `max_tokens`, capped at `max_output_tokens`
+    /// (which is also the guess without one).
+    fn tokens(&self, e: &Estimate) -> u64 {
+        let output = self
+            .max_tokens
+            .unwrap_or(e.max_output_tokens)
+            .min(e.max_output_tokens);
+        (self.input_tokens + output).max(1)
+    }
+
+    /// The most the request can cost, in micro-USD (rounded up): its input at the input price
+    /// and all of `max_tokens` (`max_output_tokens` without one) at the output price.
+    fn worst_case_micro_usd(&self, e: &Estimate, price: &Price) -> i64 {
+        let output = self.max_tokens.unwrap_or(e.max_output_tokens);
+        let micro = self.input_tokens as f64 * price.input + output as f64 * price.output;
+        let micro = micro.ceil();
+        if micro >= i64::MAX as f64 {
+            i64::MAX
+        } else {
+            micro.max(0.0) as i64
+        }
+    }
+}
+
+/// A price as kept in the request's state (the one its reservations were made at).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct KeptPrice {
+    input: f64,
+    output: f64,
+    cache_read: f64,
+    cache_write: f64,
+    cache_write_1h: f64,
+}
+
+impl From<Price> for KeptPrice {
+    fn from(p: Price) -> Self {
+        Self {
+            input: p.input,
+            output: p.output,
+            cache_read: p.cache_read,
+            cache_write: p.cache_write,
+            cache_write_1h: p.cache_write_1h,
+        }
+    }
+}
+
+impl From<KeptPrice> for Price {
+    fn from(p: KeptPrice) -> Self {
+        Self {
+            input: p.input,
+            output: p.output,
+            cache_read: p.cache_read,
+            cache_write: p.cache_write,
+            cache_write_1h: p.cache_write_1h,
+        }
+    }
+}
+
 /// A token charge to settle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TpmCharge {
@@ -77,34 +157,145 @@ struct TpmCharge {
     amount: i64,
 }
 
-/// A stream slot to release.
+/// A budget reservation to settle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StreamHold {
-    prefix: String,
-    epoch: u64,
+struct Reservation {
+    /// The budget's key (`budget:<rule>:<subject>:<month>`).
+    key: String,
+    /// The budget counter's TTL, should the settlement create it.
+    ttl_ms: u64,
 }
 
-/// What on_request took, for on_complete to settle.
+/// What on_request took, for on_complete to settle (or for a refusal to give back).
 ///
 /// Kept in the request's state (held by the host, as JSON), not in the plugin: the gateway
 /// lends an instance for one phase call, so on_complete may run on another instance than
-/// on_request, after other requests' phases. The counter keys are stored whole, so a
-/// request settles exactly what it took even if the rules changed (a reload) meanwhile.
+/// on_request, after other requests' phases. The keys are stored whole, so a request settles
+/// exactly what it took even if the rules changed (a reload) meanwhile.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Pending {
-    tpm: Vec<TpmCharge>,
-    streams: Vec<StreamHold>,
-    /// Budget counter keys, with their TTL in ms.
-    budgets: Vec<(String, u64)>,
+    /// The holder of the request's reservations and leases: its request ID.
+    holder: String,
     /// The metric label of the request's team (`none` without one).
     team: String,
+    reservations: Vec<Reservation>,
+    /// Stream lease keys (`streams:<rule>:<subject>`).
+    leases: Vec<String>,
+    tpm: Vec<TpmCharge>,
+    /// The price the reservations were made at: the served model's price when it has none.
+    price: Option<KeptPrice>,
 }
 
 impl Pending {
     /// Whether on_complete has anything to settle.
     fn holds_anything(&self) -> bool {
-        !(self.tpm.is_empty() && self.streams.is_empty() && self.budgets.is_empty())
+        !(self.tpm.is_empty() && self.leases.is_empty() && self.reservations.is_empty())
     }
+
+    /// The operations that give back everything taken.
+    fn undo(&self, stream_ttl_ms: u64) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for r in &self.reservations {
+            ops.push(Op::release(&r.key, &self.holder, 0, r.ttl_ms));
+        }
+        for key in &self.leases {
+            ops.push(Op::release(key, &self.holder, 0, stream_ttl_ms));
+        }
+        for charge in &self.tpm {
+            ops.push(Op::incr(
+                format!("{}:{}", charge.prefix, charge.minute),
+                -charge.amount,
+                TPM_TTL_MS,
+            ));
+        }
+        ops
+    }
+}
+
+/// What the checks of one request share.
+struct Ctx<'a> {
+    facts: &'a RequestFacts,
+    op: Operation,
+    now: u64,
+    size: Size,
+    /// The request model's price, when a budget rule needs it.
+    price: Option<Price>,
+    /// The request ID, holder of its reservations and leases.
+    holder: &'a str,
+}
+
+/// One limit of one rule to check, with where its operations start in the batch.
+#[derive(Debug)]
+struct Check<'r> {
+    rule: &'r Rule,
+    kind: CheckKind,
+    first: usize,
+}
+
+#[derive(Debug)]
+enum CheckKind {
+    /// `acquire` of the worst case on the budget.
+    Budget {
+        key: String,
+        ttl_ms: u64,
+        amount: i64,
+        budget: u64,
+    },
+    /// `acquire` of a stream lease.
+    Streams { key: String, limit: u64 },
+    /// `get` of the previous minute (when there is one), `incr` of the current one.
+    Tokens(TokensCheck),
+    /// `check-rate`.
+    Requests { limit: u64 },
+}
+
+/// A tokens-per-minute charge to check.
+#[derive(Debug)]
+struct TokensCheck {
+    prefix: String,
+    minute: u64,
+    /// What is charged: the estimate, capped at the limit.
+    charge: u64,
+    estimate: u64,
+    limit: u64,
+    /// Whether the batch reads the previous minute (before the charge).
+    has_previous: bool,
+}
+
+/// The checks of one request and the batch that answers them.
+#[derive(Debug, Default)]
+struct Plan<'r> {
+    checks: Vec<Check<'r>>,
+    ops: Vec<Op>,
+}
+
+impl<'r> Plan<'r> {
+    fn push(&mut self, rule: &'r Rule, kind: CheckKind, ops: impl IntoIterator<Item = Op>) {
+        self.checks.push(Check {
+            rule,
+            kind,
+            first: self.ops.len(),
+        });
+        self.ops.extend(ops);
+    }
+}
+
+/// What one check concluded.
+enum Verdict {
+    Fits,
+    /// Over the limit: refuse with 429.
+    Refused {
+        limit: &'static str,
+        message: String,
+        retry_after: u32,
+    },
+    /// Over a budget whose rule downgrades: reserve at the downgrade model's price instead.
+    Downgrade {
+        key: String,
+        ttl_ms: u64,
+    },
+    /// The store failed (or answered out of contract).
+    Failed(String),
 }
 
 /// The plugin.
@@ -116,15 +307,6 @@ pub struct RateLimit {
     tpm_cache_tokens: CacheCount,
     fail_open: bool,
     stream_ttl_ms: u64,
-}
-
-/// Why a check could not be made (the state store failed).
-struct StoreDown(String);
-
-impl From<Error> for StoreDown {
-    fn from(e: Error) -> Self {
-        StoreDown(e.message().to_string())
-    }
 }
 
 fn positive(map: &Map<String, Value>, key: &str, what: &str) -> Result<Option<u64>, Error> {
@@ -245,6 +427,23 @@ fn secs(ms: u64) -> u32 {
     u32::try_from(ms.div_ceil(1000).max(1)).unwrap_or(u32::MAX)
 }
 
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What the store answered for op `i`, as the kind expected (`pick`), or why not.
+fn answer<T>(
+    answers: &[Result<Answer, Error>],
+    i: usize,
+    pick: impl FnOnce(&Answer) -> Option<T>,
+) -> Result<T, String> {
+    match answers.get(i) {
+        Some(Ok(a)) => pick(a).ok_or_else(|| format!("unexpected answer from the store: {a:?}")),
+        Some(Err(e)) => Err(e.message().to_string()),
+        None => Err("the store answered fewer operations than it was sent".into()),
+    }
+}
+
 impl Plugin for RateLimit {
     fn init(config: &Value) -> Result<Self, Error> {
         let what = "plugins.config";
@@ -279,15 +478,6 @@ impl Plugin for RateLimit {
                 w[0]
             )));
         }
-        let prices = PriceTable::from_config(config)?;
-        if prices.is_empty() {
-            if let Some(r) = rules.iter().find(|r| r.budget_micro_usd.is_some()) {
-                return Err(Error::new(format!(
-                    "bad config: rule `{}` sets budget_usd but no [plugins.config.prices] (or default_price) are configured",
-                    r.name
-                )));
-            }
-        }
         let tpm_cache_tokens = match config::opt_str(map, "tpm_cache_tokens", what)?.as_deref() {
             None | Some("write") => CacheCount::Write,
             Some("none") => CacheCount::None,
@@ -300,10 +490,14 @@ impl Plugin for RateLimit {
         };
         Ok(RateLimit {
             rules,
-            prices,
+            // Budgets may also be priced by the gateway's catalog: an unpriced model is
+            // refused per request (403), not at load.
+            prices: PriceTable::from_config(config)?,
             estimate: parse_estimate(map.get("estimate").unwrap_or(&Value::Null))?,
             tpm_cache_tokens,
-            fail_open: config::opt_bool(map, "fail_open", what)?.unwrap_or(true),
+            // A store error reaching the plugin means the gateway's `[state] on_unavailable`
+            // chose to refuse, so refuse by default.
+            fail_open: config::opt_bool(map, "fail_open", what)?.unwrap_or(false),
             stream_ttl_ms: positive(map, "stream_ttl_seconds", what)?.unwrap_or(600) * 1000,
         })
     }
@@ -311,38 +505,35 @@ impl Plugin for RateLimit {
     fn on_request(&mut self, req: &mut Request) -> Decision {
         let facts = RequestFacts::read(req);
         let subject = facts.subject();
-        let matched: Vec<usize> = (0..self.rules.len())
-            .filter(|&i| self.rules[i].matcher.matches(&subject))
+        let matched: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.matcher.matches(&subject))
             .collect();
         if matched.is_empty() {
             return Decision::Continue;
         }
         let mut pending = Pending {
+            holder: req.request_id(),
             team: facts.team.clone().unwrap_or_else(|| "none".into()),
             ..Pending::default()
         };
-        match self.check(req, &facts, &matched, &mut pending) {
-            Ok(Decision::Continue) => {
-                if !pending.holds_anything() {
-                    return Decision::Continue;
-                }
-                match req.set_state(&pending) {
-                    Ok(()) => Decision::Continue,
-                    // Unsettled charges would hold stream slots and estimates until their
-                    // counters expire: give them back and treat it like a store failure.
-                    Err(e) => {
-                        self.undo(&pending);
-                        self.unavailable("could not keep the request's charges", e.message())
-                    }
-                }
-            }
-            Ok(denial) => {
-                self.undo(&pending);
-                denial
-            }
-            Err(StoreDown(e)) => {
-                self.undo(&pending);
-                self.unavailable("state store unavailable", &e)
+        let decision = self.check(req, &facts, &matched, &mut pending);
+        if decision.is_deny() {
+            // Give back what the batch took, off the client's path.
+            state::submit(&pending.undo(self.stream_ttl_ms));
+            return decision;
+        }
+        if !pending.holds_anything() {
+            return decision;
+        }
+        match req.set_state(&pending) {
+            Ok(()) => decision,
+            // Unsettled holds would count against the limits until they expire: give them
+            // back and treat it like a store failure.
+            Err(e) => {
+                state::submit(&pending.undo(self.stream_ttl_ms));
+                self.unavailable("could not keep the request's charges", e.message())
             }
         }
     }
@@ -353,19 +544,13 @@ impl Plugin for RateLimit {
         let Some(pending) = completion.request().state::<Pending>() else {
             return;
         };
-        if let Err(StoreDown(e)) = self.settle(&pending, completion) {
-            let _ = metrics::counter_add("store_errors_total", &[], 1);
-            log::warn(&format!(
-                "could not settle request {}: {e}",
-                completion.request().request_id()
-            ));
-        }
+        self.settle(&pending, completion);
     }
 }
 
 impl RateLimit {
-    /// The counter key prefix of `rule` for this request.
-    fn prefix(&self, kind: &str, rule: &Rule, facts: &RequestFacts) -> String {
+    /// The key of `rule`'s `kind` of limit for this request's subject.
+    fn prefix(kind: &str, rule: &Rule, facts: &RequestFacts) -> String {
         let principal = facts.principal.as_deref().unwrap_or("anonymous");
         let subject = match (rule.per, &facts.team) {
             (Per::Global, _) => "all".to_string(),
@@ -407,24 +592,40 @@ impl RateLimit {
         }
     }
 
-    /// The token estimate of a request: body bytes / bytes_per_token (capped) plus its
-    /// max_tokens (capped).
-    fn estimate_tokens(&self, req: &Request) -> u64 {
+    /// A budget rule cannot count a request it cannot price: refuse it rather than let it
+    /// spend for free.
+    fn unpriced(&self, model: &str, rule: &Rule, team: &str) -> Decision {
+        let _ = metrics::counter_add("denied_total", &[("limit", "unpriced"), ("team", team)], 1);
+        log::warn(&format!(
+            "refusing model `{model}`: rule `{}` sets a budget and the model has no price",
+            rule.name
+        ));
+        Decision::deny(
+            403,
+            format!(
+                "model `{model}` has no price, so the gateway cannot count it against the budget of rule `{}`; ask the gateway's operator to add a price for it to the rate-limit plugin's [plugins.config.prices] or to set default_price",
+                rule.name
+            ),
+        )
+    }
+
+    /// What the request may use: input tokens from the body's size (`content-length`, else
+    /// the JSON body), capped; and the `max_tokens` it asks for.
+    fn size(&self, req: &Request) -> Size {
         let e = &self.estimate;
         let body_bytes = req
             .header("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .or_else(|| req.body_json_text("").map(|t| t.len() as u64))
             .unwrap_or(0);
-        let input = body_bytes
-            .div_ceil(e.bytes_per_token)
-            .min(e.max_input_tokens);
-        let output = ["/max_tokens", "/inferenceConfig/maxTokens"]
-            .iter()
-            .find_map(|p| req.body_json(p).and_then(|v| v.as_u64()))
-            .unwrap_or(e.max_output_tokens)
-            .min(e.max_output_tokens);
-        (input + output).max(1)
+        Size {
+            input_tokens: body_bytes
+                .div_ceil(e.bytes_per_token)
+                .min(e.max_input_tokens),
+            max_tokens: ["/max_tokens", "/inferenceConfig/maxTokens"]
+                .iter()
+                .find_map(|p| req.body_json(p).and_then(|v| v.as_u64())),
+        }
     }
 
     fn counted_tokens(&self, usage: &Usage) -> u64 {
@@ -436,278 +637,495 @@ impl RateLimit {
         }
     }
 
-    /// Checks every matched rule, recording in `pending` what it takes (to settle in
-    /// on_complete, or to undo if the request is refused).
+    /// Checks every matched rule with one batch, recording in `pending` what was taken (to
+    /// settle in on_complete, or to give back when the answer is a refusal).
     fn check(
         &self,
         req: &mut Request,
         facts: &RequestFacts,
-        matched: &[usize],
+        matched: &[&Rule],
         pending: &mut Pending,
-    ) -> Result<Decision, StoreDown> {
+    ) -> Decision {
         let now = clock::now_ms();
         let op = req.operation();
-        let inference = is_inference(op);
-
-        // 1. Budgets (read only).
-        if inference {
-            let month = month_key(now);
-            let month_end = next_month_start_ms(now);
-            let mut downgrade: Option<&str> = None;
-            for &i in matched {
-                let rule = &self.rules[i];
-                let Some(budget) = rule.budget_micro_usd else {
-                    continue;
-                };
-                let key = format!("{}:{month}", self.prefix("budget", rule, facts));
-                let spent = state::get(&key)?.unwrap_or(0).max(0) as u64;
-                pending
-                    .budgets
-                    .push((key, month_end - now + BUDGET_GRACE_MS));
-                if spent < budget {
-                    continue;
-                }
-                match &rule.downgrade_to {
-                    Some(to) => {
-                        downgrade.get_or_insert(to);
-                    }
-                    None => {
-                        let message = format!(
-                            "monthly budget exhausted: {} has spent ${:.2} of its ${:.2} budget for {month} (gateway rule `{}`); it resets at {}",
-                            Self::who(rule, facts),
-                            micro_to_usd(spent),
-                            micro_to_usd(budget),
-                            rule.name,
-                            rfc3339(month_end),
-                        );
-                        return Ok(self.denied(
-                            "budget",
-                            &pending.team,
-                            message,
-                            secs(month_end - now),
-                        ));
-                    }
-                }
-            }
-            if let Some(to) = downgrade {
-                if facts.model.as_deref() != Some(to) {
-                    let to = to.to_string();
-                    if let Err(e) = req.set_model(&to) {
-                        log::error(&format!("could not downgrade to {to}: {e}"));
-                        return Ok(self.denied(
-                            "budget",
-                            &pending.team,
-                            "monthly budget exhausted and the downgrade model is not usable".into(),
-                            secs(month_end - now),
-                        ));
-                    }
-                    let _ = req.set_metadata(
-                        "rate_limit_downgraded_from",
-                        facts.model.as_deref().unwrap_or("-"),
-                    );
-                    let _ = metrics::counter_add("downgraded_total", &[("team", &pending.team)], 1);
-                    log::info(&format!(
-                        "over budget: {} -> {to} for {} (request {})",
-                        facts.model.as_deref().unwrap_or("-"),
-                        facts.principal.as_deref().unwrap_or("anonymous"),
-                        req.request_id()
-                    ));
+        // Reading the body costs host calls (and a parse): only for the limits that need it.
+        let sized = matched
+            .iter()
+            .any(|r| r.budget_micro_usd.is_some() || r.tokens_per_minute.is_some());
+        let size = match is_inference(op) && sized {
+            true => self.size(req),
+            false => Size::default(),
+        };
+        // Budgets price the request before anything is taken.
+        let mut price = None;
+        if is_inference(op) {
+            if let Some(rule) = matched.iter().find(|r| r.budget_micro_usd.is_some()) {
+                let model = facts.model.as_deref().unwrap_or("");
+                match self.prices.price(model) {
+                    Some(p) => price = Some(p),
+                    None => return self.unpriced(model, rule, &pending.team),
                 }
             }
         }
+        let holder = pending.holder.clone();
+        let ctx = Ctx {
+            facts,
+            op,
+            now,
+            size,
+            price,
+            holder: &holder,
+        };
+        let plan = self.plan(&ctx, matched);
+        if plan.ops.is_empty() {
+            return Decision::Continue;
+        }
+        pending.price = price.map(KeptPrice::from);
+        let answers = state::batch(&plan.ops);
+        let mut first_refusal = None;
+        let mut downgrades = Vec::new();
+        for check in &plan.checks {
+            let verdict = self.evaluate(check, &answers, &ctx, pending);
+            match verdict {
+                Verdict::Fits => {}
+                Verdict::Downgrade { key, ttl_ms } => downgrades.push((check.rule, key, ttl_ms)),
+                refusal => {
+                    first_refusal.get_or_insert(refusal);
+                }
+            }
+        }
+        match first_refusal {
+            Some(Verdict::Refused {
+                limit,
+                message,
+                retry_after,
+            }) => self.denied(limit, &pending.team, message, retry_after),
+            Some(Verdict::Failed(e)) => self.unavailable("state store unavailable", &e),
+            _ if !downgrades.is_empty() => self.downgrade(req, facts, &downgrades, size, pending),
+            _ => Decision::Continue,
+        }
+    }
 
-        // 2. Concurrent streams (counters, released at on_complete).
-        if op.is_streaming() {
-            let epoch = now / self.stream_ttl_ms;
-            for &i in matched {
-                let rule = &self.rules[i];
+    /// The operations of every matched rule's limits, in the order their answers are read:
+    /// budgets, concurrent streams, tokens per minute, requests per minute.
+    fn plan<'r>(&self, ctx: &Ctx<'_>, matched: &[&'r Rule]) -> Plan<'r> {
+        let mut plan = Plan::default();
+        let inference = is_inference(ctx.op);
+        if let (true, Some(price)) = (inference, ctx.price) {
+            self.plan_budgets(ctx, matched, &price, &mut plan);
+        }
+        if ctx.op.is_streaming() {
+            for &rule in matched {
                 let Some(limit) = rule.max_concurrent_streams else {
                     continue;
                 };
-                let prefix = self.prefix("streams", rule, facts);
-                let previous = match epoch.checked_sub(1) {
-                    Some(e) => state::get(&format!("{prefix}:{e}"))?.unwrap_or(0).max(0),
-                    None => 0,
-                };
-                let key = format!("{prefix}:{epoch}");
-                let current = state::incr(&key, 1, 2 * self.stream_ttl_ms)?;
-                if previous + current > limit as i64 {
-                    state::incr(&key, -1, 2 * self.stream_ttl_ms)?;
-                    let message = format!(
-                        "concurrency limit: {} already has {limit} streaming requests in flight (gateway rule `{}`); retry when one finishes",
-                        Self::who(rule, facts),
-                        rule.name
-                    );
-                    return Ok(self.denied(
-                        "concurrent_streams",
-                        &pending.team,
-                        message,
-                        STREAM_RETRY_SECONDS,
-                    ));
-                }
-                pending.streams.push(StreamHold { prefix, epoch });
+                let key = Self::prefix("streams", rule, ctx.facts);
+                let acquire = Op::acquire(&key, ctx.holder, 1, as_i64(limit), self.stream_ttl_ms);
+                plan.push(rule, CheckKind::Streams { key, limit }, [acquire]);
             }
         }
-
-        // 3. Tokens per minute: charge the estimate now, settle at on_complete.
-        if inference
-            && matched
-                .iter()
-                .any(|&i| self.rules[i].tokens_per_minute.is_some())
-        {
-            let estimate = self.estimate_tokens(req);
-            let minute = now / MINUTE_MS;
-            let elapsed = now % MINUTE_MS;
-            for &i in matched {
-                let rule = &self.rules[i];
-                let Some(limit) = rule.tokens_per_minute else {
-                    continue;
-                };
-                let prefix = self.prefix("tpm", rule, facts);
-                let previous = match minute.checked_sub(1) {
-                    Some(m) => state::get(&format!("{prefix}:{m}"))?.unwrap_or(0).max(0),
-                    None => 0,
-                };
-                // A request larger than the whole limit still passes an idle window.
-                let charge = estimate.min(limit);
-                let key = format!("{prefix}:{minute}");
-                let current = state::incr(&key, charge as i64, TPM_TTL_MS)?.max(0) as u64;
-                let used = decayed(previous, elapsed) + current;
-                if used > limit {
-                    state::incr(&key, -(charge as i64), TPM_TTL_MS)?;
-                    let before = current.saturating_sub(charge);
-                    let retry_ms = if before + charge <= limit && previous > 0 {
-                        // Wait for the previous minute to decay enough.
-                        let room = (limit - before - charge) as f64;
-                        let weight_ok = room / previous as f64;
-                        let at = (MINUTE_MS as f64 * (1.0 - weight_ok)).ceil() as u64;
-                        at.saturating_sub(elapsed)
-                    } else {
-                        // This minute is full: the next one starts with it as its previous.
-                        let room = limit.saturating_sub(charge) as f64;
-                        let weight_ok = if before == 0 {
-                            1.0
-                        } else {
-                            room / before as f64
-                        };
-                        MINUTE_MS - elapsed
-                            + (MINUTE_MS as f64 * (1.0 - weight_ok.min(1.0))).ceil() as u64
-                    };
-                    let message = format!(
-                        "rate limit: {} is over {limit} tokens per minute (gateway rule `{}`; this request is estimated at {estimate} tokens); retry in {} s",
-                        Self::who(rule, facts),
-                        rule.name,
-                        secs(retry_ms)
-                    );
-                    return Ok(self.denied(
-                        "tokens_per_minute",
-                        &pending.team,
-                        message,
-                        secs(retry_ms),
-                    ));
-                }
-                pending.tpm.push(TpmCharge {
-                    prefix,
-                    minute,
-                    amount: charge as i64,
-                });
-            }
+        if inference {
+            self.plan_tokens(ctx, matched, &mut plan);
         }
-
-        // 4. Requests per minute (rate windows: consumed when allowed, never undone).
-        for &i in matched {
-            let rule = &self.rules[i];
+        for &rule in matched {
             let Some(limit) = rule.requests_per_minute else {
                 continue;
             };
-            let key = self.prefix("rpm", rule, facts);
-            let check = state::check_rate(&key, limit, MINUTE_MS, 1)?;
-            if !check.allowed {
-                let message = format!(
-                    "rate limit: {} is over {limit} requests per minute (gateway rule `{}`); retry in {} s",
-                    Self::who(rule, facts),
+            let key = Self::prefix("rpm", rule, ctx.facts);
+            let check_rate = Op::check_rate(key, limit, MINUTE_MS, 1);
+            plan.push(rule, CheckKind::Requests { limit }, [check_rate]);
+        }
+        plan
+    }
+
+    /// A reservation of the request's worst case (at `price`) on each matched budget.
+    fn plan_budgets<'r>(
+        &self,
+        ctx: &Ctx<'_>,
+        matched: &[&'r Rule],
+        price: &Price,
+        plan: &mut Plan<'r>,
+    ) {
+        let month = month_key(ctx.now);
+        let ttl_ms = next_month_start_ms(ctx.now) - ctx.now + BUDGET_GRACE_MS;
+        let amount = ctx.size.worst_case_micro_usd(&self.estimate, price);
+        for &rule in matched {
+            let Some(budget) = rule.budget_micro_usd else {
+                continue;
+            };
+            let key = format!("{}:{month}", Self::prefix("budget", rule, ctx.facts));
+            let acquire = Op::acquire(&key, ctx.holder, amount, as_i64(budget), self.stream_ttl_ms);
+            let kind = CheckKind::Budget {
+                key,
+                ttl_ms,
+                amount,
+                budget,
+            };
+            plan.push(rule, kind, [acquire]);
+        }
+    }
+
+    /// The estimate charged to each matched tokens-per-minute limit, with a read of the
+    /// previous minute for the sliding window.
+    fn plan_tokens<'r>(&self, ctx: &Ctx<'_>, matched: &[&'r Rule], plan: &mut Plan<'r>) {
+        let estimate = ctx.size.tokens(&self.estimate);
+        let minute = ctx.now / MINUTE_MS;
+        for &rule in matched {
+            let Some(limit) = rule.tokens_per_minute else {
+                continue;
+            };
+            let prefix = Self::prefix("tpm", rule, ctx.facts);
+            let previous = minute
+                .checked_sub(1)
+                .map(|m| Op::get(format!("{prefix}:{m}")));
+            // A request larger than the whole limit still passes an idle window.
+            let charge = estimate.min(limit);
+            let incr = Op::incr(format!("{prefix}:{minute}"), as_i64(charge), TPM_TTL_MS);
+            let kind = CheckKind::Tokens(TokensCheck {
+                has_previous: previous.is_some(),
+                prefix,
+                minute,
+                charge,
+                estimate,
+                limit,
+            });
+            plan.push(rule, kind, previous.into_iter().chain([incr]));
+        }
+    }
+
+    /// Reads one check's answers; whatever they show was taken goes into `pending`.
+    fn evaluate(
+        &self,
+        check: &Check<'_>,
+        answers: &[Result<Answer, Error>],
+        ctx: &Ctx<'_>,
+        pending: &mut Pending,
+    ) -> Verdict {
+        let (rule, facts, now) = (check.rule, ctx.facts, ctx.now);
+        let i = check.first;
+        match &check.kind {
+            CheckKind::Budget {
+                key,
+                ttl_ms,
+                amount,
+                budget,
+            } => match answer(answers, i, Answer::acquired) {
+                Ok(h) if h.granted => {
+                    pending.reservations.push(Reservation {
+                        key: key.clone(),
+                        ttl_ms: *ttl_ms,
+                    });
+                    Verdict::Fits
+                }
+                Ok(_) if rule.downgrade_to.is_some() => Verdict::Downgrade {
+                    key: key.clone(),
+                    ttl_ms: *ttl_ms,
+                },
+                Ok(h) => Self::over_budget(rule, facts, now, h, *amount, *budget),
+                Err(e) => Verdict::Failed(e),
+            },
+            CheckKind::Streams { key, limit } => match answer(answers, i, Answer::acquired) {
+                Ok(h) if h.granted => {
+                    pending.leases.push(key.clone());
+                    Verdict::Fits
+                }
+                Ok(_) => Verdict::Refused {
+                    limit: "concurrent_streams",
+                    message: format!(
+                        "concurrency limit: {} already has {limit} streaming requests in flight (gateway rule `{}`); retry when one finishes",
+                        Self::who(rule, facts),
+                        rule.name
+                    ),
+                    retry_after: IN_FLIGHT_RETRY_SECONDS,
+                },
+                Err(e) => Verdict::Failed(e),
+            },
+            CheckKind::Tokens(tokens) => tokens.evaluate(rule, answers, i, ctx, pending),
+            CheckKind::Requests { limit } => match answer(answers, i, Answer::rate) {
+                Ok(r) if r.allowed => Verdict::Fits,
+                Ok(r) => Verdict::Refused {
+                    limit: "requests_per_minute",
+                    message: format!(
+                        "rate limit: {} is over {limit} requests per minute (gateway rule `{}`); retry in {} s",
+                        Self::who(rule, facts),
+                        rule.name,
+                        r.retry_after_seconds()
+                    ),
+                    retry_after: r.retry_after_seconds().max(1),
+                },
+                Err(e) => Verdict::Failed(e),
+            },
+        }
+    }
+
+    /// The refusal of a budget reservation that did not fit.
+    fn over_budget(
+        rule: &Rule,
+        facts: &RequestFacts,
+        now: u64,
+        h: HoldState,
+        amount: i64,
+        budget: u64,
+    ) -> Verdict {
+        let month = month_key(now);
+        let month_end = next_month_start_ms(now);
+        let used = h.used.max(0) as u64;
+        let held = h.held.max(0) as u64;
+        let spent = match held {
+            0 => format!("${:.2}", micro_to_usd(used)),
+            _ => format!(
+                "${:.2} (with ${:.2} reserved by requests in flight)",
+                micro_to_usd(used.saturating_add(held)),
+                micro_to_usd(held)
+            ),
+        };
+        let who = Self::who(rule, facts);
+        let (message, retry_after) = if used >= budget {
+            (
+                format!(
+                    "monthly budget exhausted: {who} has spent {spent} of its ${:.2} budget for {month} (gateway rule `{}`); it resets at {}",
+                    micro_to_usd(budget),
                     rule.name,
-                    check.retry_after_seconds()
-                );
-                return Ok(self.denied(
-                    "requests_per_minute",
+                    rfc3339(month_end),
+                ),
+                secs(month_end - now),
+            )
+        } else {
+            let fits_alone = used.saturating_add(amount.max(0) as u64) <= budget;
+            let (advice, retry_after) = if fits_alone {
+                (
+                    "retry when requests in flight finish".to_string(),
+                    IN_FLIGHT_RETRY_SECONDS,
+                )
+            } else {
+                (
+                    format!(
+                        "lower max_tokens, or wait for the budget to reset at {}",
+                        rfc3339(month_end)
+                    ),
+                    secs(month_end - now),
+                )
+            };
+            (
+                format!(
+                    "monthly budget: {who} has spent {spent} of its ${:.2} budget for {month}, and this request could cost up to ${:.2} (gateway rule `{}`); {advice}",
+                    micro_to_usd(budget),
+                    micro_to_usd(amount.max(0) as u64),
+                    rule.name,
+                ),
+                retry_after,
+            )
+        };
+        Verdict::Refused {
+            limit: "budget",
+            message,
+            retry_after,
+        }
+    }
+
+    /// Over a budget whose rule downgrades (and under every other limit): rewrite the model
+    /// and reserve its worst case at the downgrade model's price, past the budget (a second
+    /// batch, only in this case), so the request is settled like any other.
+    fn downgrade(
+        &self,
+        req: &mut Request,
+        facts: &RequestFacts,
+        over: &[(&Rule, String, u64)],
+        size: Size,
+        pending: &mut Pending,
+    ) -> Decision {
+        let (rule, _, _) = over[0];
+        let to = rule.downgrade_to.as_deref().unwrap_or_default();
+        let Some(price) = self.prices.price(to) else {
+            return self.unpriced(to, rule, &pending.team);
+        };
+        let from = facts.model.as_deref().unwrap_or("-");
+        if facts.model.as_deref() != Some(to) {
+            if let Err(e) = req.set_model(to) {
+                log::error(&format!("could not downgrade to {to}: {e}"));
+                let now = clock::now_ms();
+                return self.denied(
+                    "budget",
                     &pending.team,
-                    message,
-                    check.retry_after_seconds().max(1),
-                ));
+                    "monthly budget exhausted and the downgrade model is not usable".into(),
+                    secs(next_month_start_ms(now) - now),
+                );
+            }
+            let _ = req.set_metadata("rate_limit_downgraded_from", from);
+            let _ = metrics::counter_add("downgraded_total", &[("team", &pending.team)], 1);
+            log::info(&format!(
+                "over budget: {from} -> {to} for {} (request {})",
+                facts.principal.as_deref().unwrap_or("anonymous"),
+                pending.holder
+            ));
+        }
+        let amount = size.worst_case_micro_usd(&self.estimate, &price);
+        let ops: Vec<Op> = over
+            .iter()
+            .map(|(_, key, _)| {
+                Op::acquire(key, &pending.holder, amount, i64::MAX, self.stream_ttl_ms)
+            })
+            .collect();
+        let answers = state::batch(&ops);
+        for (i, (_, key, ttl_ms)) in over.iter().enumerate() {
+            match answer(&answers, i, Answer::acquired) {
+                Ok(h) if h.granted => pending.reservations.push(Reservation {
+                    key: key.clone(),
+                    ttl_ms: *ttl_ms,
+                }),
+                Ok(h) => {
+                    return self.unavailable(
+                        "state store refused an unlimited reservation",
+                        &format!("{h:?}"),
+                    )
+                }
+                Err(e) => return self.unavailable("state store unavailable", &e),
             }
         }
-        Ok(Decision::Continue)
+        pending.price = Some(price.into());
+        Decision::Continue
     }
 
-    /// Gives back what a refused request took (stream slots, token charges).
-    fn undo(&self, pending: &Pending) {
-        for hold in &pending.streams {
-            let _ = state::incr(
-                &format!("{}:{}", hold.prefix, hold.epoch),
-                -1,
-                2 * self.stream_ttl_ms,
-            );
-        }
-        for charge in &pending.tpm {
-            let _ = state::incr(
-                &format!("{}:{}", charge.prefix, charge.minute),
-                -charge.amount,
-                TPM_TTL_MS,
-            );
-        }
-    }
-
-    fn settle(&mut self, pending: &Pending, c: &Completion) -> Result<(), StoreDown> {
-        let now = clock::now_ms();
-
-        // Streams: release the slot unless its counter has expired (the leak guard).
-        let epoch = now / self.stream_ttl_ms;
-        for hold in &pending.streams {
-            if epoch <= hold.epoch + 1 {
-                state::incr(
-                    &format!("{}:{}", hold.prefix, hold.epoch),
-                    -1,
-                    2 * self.stream_ttl_ms,
-                )?;
+    /// Settles what the request took, in one submission off the client's path: budget
+    /// reservations released with the exact cost, stream leases released, token estimates
+    /// replaced by the real count.
+    fn settle(&self, pending: &Pending, c: &Completion) {
+        let mut ops = Vec::new();
+        if !pending.reservations.is_empty() {
+            let cost = as_i64(self.cost(pending, c));
+            for r in &pending.reservations {
+                ops.push(Op::release(&r.key, &pending.holder, cost, r.ttl_ms));
+            }
+            if cost > 0 {
+                let _ = metrics::counter_add(
+                    "spent_micro_usd_total",
+                    &[("team", &pending.team)],
+                    cost as u64,
+                );
             }
         }
+        for key in &pending.leases {
+            ops.push(Op::release(key, &pending.holder, 0, self.stream_ttl_ms));
+        }
+        self.settle_tokens(pending, &c.usage, &mut ops);
+        state::submit(&ops);
+    }
 
-        // Tokens: replace the estimate with the real count (a refund when it was smaller).
-        let actual = self.counted_tokens(&c.usage) as i64;
-        let minute = now / MINUTE_MS;
+    /// The exact cost: every token kind at its own price, for the model served (else the one
+    /// requested), else at the price the request reserved at.
+    fn cost(&self, pending: &Pending, c: &Completion) -> u64 {
+        let model = c.model_served.clone().or_else(|| c.request().model());
+        let price = model
+            .as_deref()
+            .and_then(|m| self.prices.price(m))
+            .or(pending.price.map(Price::from));
+        price.map_or(0, |p| p.cost_micro_usd(&c.usage, c.cache_write_1h_tokens()))
+    }
+
+    /// Replaces each token estimate with the real count (a refund when it was smaller).
+    fn settle_tokens(&self, pending: &Pending, usage: &Usage, ops: &mut Vec<Op>) {
+        let actual = as_i64(self.counted_tokens(usage));
+        let minute = clock::now_ms() / MINUTE_MS;
         for charge in &pending.tpm {
             let charged_key = format!("{}:{}", charge.prefix, charge.minute);
             if minute == charge.minute {
                 let delta = actual - charge.amount;
                 if delta != 0 {
-                    state::incr(&charged_key, delta, TPM_TTL_MS)?;
+                    ops.push(Op::incr(charged_key, delta, TPM_TTL_MS));
                 }
-            } else {
-                // The request outlived its minute: take the estimate back from that minute
-                // (while its counter lives) and count the real use now.
-                if minute == charge.minute + 1 {
-                    state::incr(&charged_key, -charge.amount, TPM_TTL_MS)?;
-                }
-                if actual > 0 {
-                    state::incr(&format!("{}:{minute}", charge.prefix), actual, TPM_TTL_MS)?;
-                }
+                continue;
+            }
+            // The request outlived its minute: take the estimate back from that minute
+            // (while its counter lives) and count the real use now.
+            if minute == charge.minute + 1 {
+                ops.push(Op::incr(charged_key, -charge.amount, TPM_TTL_MS));
+            }
+            if actual > 0 {
+                ops.push(Op::incr(
+                    format!("{}:{minute}", charge.prefix),
+                    actual,
+                    TPM_TTL_MS,
+                ));
             }
         }
+    }
+}
 
-        // Budgets: the real cost, every token kind at its own price.
-        if !pending.budgets.is_empty() {
-            let model = c.model_served.clone().or_else(|| c.request().model());
-            let cost = self.prices.cost_micro_usd(model.as_deref(), &c.usage);
-            if cost > 0 {
-                for (key, ttl) in &pending.budgets {
-                    state::incr(key, cost as i64, *ttl)?;
-                }
-                let _ =
-                    metrics::counter_add("spent_micro_usd_total", &[("team", &pending.team)], cost);
-            }
+impl TokensCheck {
+    /// Reads the charge's answers (the charge is taken whatever the verdict, so it goes into
+    /// `pending` to be given back or settled).
+    fn evaluate(
+        &self,
+        rule: &Rule,
+        answers: &[Result<Answer, Error>],
+        first: usize,
+        ctx: &Ctx<'_>,
+        pending: &mut Pending,
+    ) -> Verdict {
+        let incr_at = first + usize::from(self.has_previous);
+        let current = match answer(answers, incr_at, Answer::counter) {
+            Ok(current) => current.max(0) as u64,
+            Err(e) => return Verdict::Failed(e),
+        };
+        pending.tpm.push(TpmCharge {
+            prefix: self.prefix.clone(),
+            minute: self.minute,
+            amount: as_i64(self.charge),
+        });
+        let previous = match self.has_previous {
+            true => match answer(answers, first, Answer::value) {
+                Ok(v) => v.unwrap_or(0),
+                Err(e) => return Verdict::Failed(e),
+            },
+            false => 0,
+        };
+        self.verdict(previous, current, rule, ctx.facts, ctx.now)
+    }
+
+    /// Whether the sliding minute holds the charge (`current`: this minute's total with it;
+    /// `previous`: the previous minute's), and if not when it will.
+    fn verdict(
+        &self,
+        previous: i64,
+        current: u64,
+        rule: &Rule,
+        facts: &RequestFacts,
+        now: u64,
+    ) -> Verdict {
+        let elapsed = now % MINUTE_MS;
+        let (limit, charge) = (self.limit, self.charge);
+        let used = decayed(previous, elapsed) + current;
+        if used <= limit {
+            return Verdict::Fits;
         }
-        Ok(())
+        let before = current.saturating_sub(charge);
+        let retry_ms = if before + charge <= limit && previous > 0 {
+            // Wait for the previous minute to decay enough.
+            let room = (limit - before - charge) as f64;
+            let weight_ok = room / previous as f64;
+            let at = (MINUTE_MS as f64 * (1.0 - weight_ok)).ceil() as u64;
+            at.saturating_sub(elapsed)
+        } else {
+            // This minute is full: the next one starts with it as its previous.
+            let room = limit.saturating_sub(charge) as f64;
+            let weight_ok = if before == 0 {
+                1.0
+            } else {
+                room / before as f64
+            };
+            MINUTE_MS - elapsed + (MINUTE_MS as f64 * (1.0 - weight_ok.min(1.0))).ceil() as u64
+        };
+        Verdict::Refused {
+            limit: "tokens_per_minute",
+            message: format!(
+                "rate limit: {} is over {limit} tokens per minute (gateway rule `{}`; this request is estimated at {} tokens); retry in {} s",
+                RateLimit::who(rule, facts),
+                rule.name,
+                self.estimate,
+                secs(retry_ms)
+            ),
+            retry_after: secs(retry_ms),
+        }
     }
 }
 

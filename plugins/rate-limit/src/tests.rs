@@ -1,5 +1,6 @@
+use llm_gateway_plugin::catalog;
 use llm_gateway_plugin::serde_json::{json, Value};
-use llm_gateway_plugin::testing::{Exchange, MockRequest, MockResponse, TestHost};
+use llm_gateway_plugin::testing::{Exchange, MockRequest, MockResponse, StateCall, TestHost};
 use llm_gateway_plugin::{Completion, Operation, Outcome, Usage};
 
 use super::*;
@@ -11,6 +12,8 @@ const MINUTE: u64 = NOW_MS / 60_000;
 const TO_MONTH_END_S: u32 = 1_339_200;
 const OPUS: &str = "us.anthropic.claude-opus-4-5";
 const SONNET: &str = "us.anthropic.claude-sonnet-4-5";
+/// The reservation of a request without a body on Opus: no input, 4096 output tokens at $75.
+const OPUS_WORST_CASE: i64 = 4_096 * 75;
 
 fn prices() -> Value {
     json!({
@@ -100,12 +103,11 @@ fn per_team_and_global_share_one_counter() {
     assert!(!h.on_request(req("bob", Some("research"))).is_denied());
     let carol = h.on_request(req("carol", Some("research")));
     assert!(carol.denial().unwrap().message.contains("team research"));
-    // carol was refused by the team rule before the global rule was checked: the global
-    // window holds alice and bob only.
+    // Every rule's window is checked in the same round trip, so carol's refused request
+    // counts in the global window too: alice, bob, carol, dan make four.
     assert!(!h.on_request(req("dan", Some("sales"))).is_denied());
-    assert!(!h.on_request(req("erin", None)).is_denied());
-    let fred = h.on_request(req("fred", None));
-    assert!(fred
+    let erin = h.on_request(req("erin", None));
+    assert!(erin
         .denial()
         .unwrap()
         .message
@@ -272,7 +274,7 @@ fn concurrent_streams_are_acquired_and_released() {
     let d = c.denial().unwrap();
     assert_eq!(
         (d.status, d.retry_after_seconds),
-        (429, Some(STREAM_RETRY_SECONDS))
+        (429, Some(IN_FLIGHT_RETRY_SECONDS))
     );
     assert!(d.message.contains("2 streaming requests in flight"));
     assert!(!h.on_request(stream("bob")).is_denied(), "per principal");
@@ -284,17 +286,15 @@ fn concurrent_streams_are_acquired_and_released() {
 }
 
 #[test]
-fn leaked_stream_slots_expire() {
+fn leaked_stream_slots_expire_after_the_stream_ttl() {
     let mut h = host(json!([{"max_concurrent_streams": 1, "name": "s"}]));
-    // A stream whose on_complete never comes (the instance died).
+    // A stream whose on_complete never comes (the replica died): its lease expires.
     assert!(!h.on_request(stream("alice")).is_denied());
     assert!(h.on_request(stream("alice")).is_denied());
-    h.advance_clock_ms(600_000);
-    assert!(
-        h.on_request(stream("alice")).is_denied(),
-        "the previous epoch still counts"
-    );
-    h.advance_clock_ms(600_000);
+    h.advance_clock_ms(599_999);
+    assert!(h.on_request(stream("alice")).is_denied());
+    assert_eq!(h.state_held("streams:s:p:alice"), 1);
+    h.advance_clock_ms(1);
     assert!(!h.on_request(stream("alice")).is_denied());
 }
 
@@ -355,12 +355,20 @@ fn over_budget_with_downgrade_to_rewrites_the_model() {
     }]));
     let big = ok(usage(0, 10_000, 0, 0)); // opus: $0.75
     assert!(!run(&mut h, req("alice", Some("research")), &big).is_denied());
+    h.take_state_calls();
     let mut ex = h.on_request(req("bob", Some("research")));
     assert!(!ex.is_denied());
     assert_eq!(ex.model(), Some(SONNET));
+    assert_eq!(
+        h.take_state_calls(),
+        vec![batch(&["acquire"]), batch(&["acquire"])]
+    );
     assert_eq!(ex.metadata("rate_limit_downgraded_from"), Some(OPUS));
     assert_eq!(h.counter("downgraded_total", &[("team", "research")]), 1);
-    // The downgraded request is charged at the served model's price.
+    // The downgraded request reserved at the downgrade model's price, past the budget, in a
+    // second batch (the first was refused).
+    assert_eq!(h.state_held("budget:b:t:research:2025-06"), 4_096 * 15);
+    // It is charged at the served model's price.
     let mut served = ok(usage(0, 1_000, 0, 0));
     served.model_served = Some(SONNET.into());
     h.on_complete(&mut ex, &served);
@@ -368,6 +376,7 @@ fn over_budget_with_downgrade_to_rewrites_the_model() {
         h.state_counter("budget:b:t:research:2025-06"),
         Some(750_000 + 15_000)
     );
+    assert_eq!(h.state_held("budget:b:t:research:2025-06"), 0);
     // A hard budget among the matching rules wins over a downgrade.
     let mut h = host(json!([
         {"match": {}, "per": "team", "budget_usd": 0.0, "downgrade_to": SONNET, "name": "soft"},
@@ -389,7 +398,6 @@ fn default_rule_names_and_config_errors() {
         json!({"rules": [{"requests_per_minute": 0}]}),
         json!({"rules": [{"requests_per_minute": 1, "per": "user"}]}),
         json!({"rules": [{"requests_per_minute": 1, "downgrade_to": "m"}]}),
-        json!({"rules": [{"budget_usd": 5}]}),
         json!({"rules": [{"requests_per_minute": 1}, {"requests_per_minute": 2}]}),
         json!({"rules": [{"requests_per_minute": 1, "match": {"teams": "x"}}]}),
         json!({"rules": [], "tpm_cache_tokens": "some"}),
@@ -398,6 +406,11 @@ fn default_rule_names_and_config_errors() {
     ] {
         assert!(TestHost::<RateLimit>::new(bad.clone()).is_err(), "{bad}");
     }
+    // A budget without a price table is fine: the catalog may price the models, and a model
+    // priced nowhere is refused per request.
+    assert!(TestHost::<RateLimit>::new(json!({"rules": [{"budget_usd": 5}]})).is_ok());
+    // Refusing when the store fails is the default; failing open is a choice.
+    assert!(!host(json!([])).plugin().fail_open);
 }
 
 #[test]
@@ -407,9 +420,8 @@ fn interleaved_requests_each_settle_their_own_charges_on_any_instance() {
         "budget_usd": 100.0, "name": "r",
     }]);
     let mut h = host(rules.clone());
-    let epoch = NOW_MS / 600_000;
     let tpm = |p: &str| format!("tpm:r:p:{p}:{MINUTE}");
-    let streams = |p: &str| format!("streams:r:p:{p}:{epoch}");
+    let streams = |p: &str| format!("streams:r:p:{p}");
     let budget = |p: &str| format!("budget:r:p:{p}:2025-06");
 
     // A (alice, opus) and B (bob, sonnet) are both in flight on one instance.
@@ -423,17 +435,22 @@ fn interleaved_requests_each_settle_their_own_charges_on_any_instance() {
     assert!(!a.is_denied() && !b.is_denied());
     let b_estimate = h.state_counter(&tpm("bob")).unwrap();
     assert!(b_estimate > 2_000, "{b_estimate}");
-    assert_eq!(h.state_counter(&streams("alice")), Some(1));
-    assert_eq!(h.state_counter(&streams("bob")), Some(1));
+    assert_eq!(h.state_held(&streams("alice")), 1);
+    assert_eq!(h.state_held(&streams("bob")), 1);
+    // Both reserved their worst case; nothing is spent yet.
+    assert!(h.state_held(&budget("alice")) > 1_000 * 75);
+    assert!(h.state_held(&budget("bob")) > 2_000 * 15);
+    assert_eq!(h.state_counter(&budget("alice")), None);
 
     // A completes first: only alice's charges settle.
     h.on_complete(&mut a, &ok(usage(100, 50, 0, 0)));
     assert_eq!(h.state_counter(&tpm("alice")), Some(150));
-    assert_eq!(h.state_counter(&streams("alice")), Some(0));
+    assert_eq!(h.state_held(&streams("alice")), 0);
     // opus: 100 * 15 + 50 * 75 micro-USD
     assert_eq!(h.state_counter(&budget("alice")), Some(1_500 + 3_750));
+    assert_eq!(h.state_held(&budget("alice")), 0);
     assert_eq!(h.state_counter(&tpm("bob")), Some(b_estimate));
-    assert_eq!(h.state_counter(&streams("bob")), Some(1));
+    assert_eq!(h.state_held(&streams("bob")), 1);
     assert_eq!(h.state_counter(&budget("bob")), None);
 
     // B completes on another instance (the gateway lends one per phase call): what B took
@@ -442,7 +459,7 @@ fn interleaved_requests_each_settle_their_own_charges_on_any_instance() {
     std::mem::swap(h.plugin_mut(), other.plugin_mut());
     h.on_complete(&mut b, &ok(usage(200, 100, 0, 0)));
     assert_eq!(h.state_counter(&tpm("bob")), Some(300));
-    assert_eq!(h.state_counter(&streams("bob")), Some(0));
+    assert_eq!(h.state_held(&streams("bob")), 0);
     // sonnet: 200 * 3 + 100 * 15 micro-USD
     assert_eq!(h.state_counter(&budget("bob")), Some(600 + 1_500));
     assert_eq!(
@@ -451,25 +468,321 @@ fn interleaved_requests_each_settle_their_own_charges_on_any_instance() {
     );
     // Alice's counters did not move.
     assert_eq!(h.state_counter(&tpm("alice")), Some(150));
-    assert_eq!(h.state_counter(&streams("alice")), Some(0));
+    assert_eq!(h.state_held(&streams("alice")), 0);
 }
 
 #[test]
 fn refused_and_unmatched_requests_leave_nothing_to_settle() {
     let mut h =
         host(json!([{"match": {"team": "research"}, "max_concurrent_streams": 1, "name": "s"}]));
-    let epoch = NOW_MS / 600_000;
-    let key = format!("streams:s:p:alice:{epoch}");
+    let key = "streams:s:p:alice";
     let mut held = h.on_request(stream("alice"));
     let mut refused = h.on_request(stream("alice"));
     assert!(refused.is_denied());
     let mut unmatched = h.on_request(req("alice", None).operation(Operation::Stream));
     assert!(!unmatched.is_denied());
-    assert_eq!(h.state_counter(&key), Some(1));
+    assert_eq!(h.state_held(key), 1);
     // Completing the refused and the unmatched request releases nothing; the held one does.
+    h.take_state_calls();
     h.on_complete(&mut refused, &Completion::new(429, Outcome::Denied));
     h.on_complete(&mut unmatched, &ok(Usage::default()));
-    assert_eq!(h.state_counter(&key), Some(1));
+    assert_eq!(h.take_state_calls(), vec![]);
+    assert_eq!(h.state_held(key), 1);
     h.on_complete(&mut held, &ok(Usage::default()));
-    assert_eq!(h.state_counter(&key), Some(0));
+    assert_eq!(h.state_held(key), 0);
+}
+
+fn batch(ops: &[&'static str]) -> StateCall {
+    StateCall {
+        function: "batch",
+        ops: ops.to_vec(),
+    }
+}
+
+fn submit(ops: &[&'static str]) -> StateCall {
+    StateCall {
+        function: "submit",
+        ops: ops.to_vec(),
+    }
+}
+
+#[test]
+fn on_request_is_one_round_trip_and_settling_is_one_submission() {
+    let mut h = host(json!([{
+        "match": {}, "budget_usd": 100.0, "max_concurrent_streams": 2,
+        "tokens_per_minute": 100_000, "requests_per_minute": 10, "name": "all4",
+    }]));
+    let mut ex = h.on_request(stream("alice").body_json(body(1_000, 100)));
+    assert!(!ex.is_denied());
+    assert_eq!(
+        h.take_state_calls(),
+        vec![batch(&["acquire", "acquire", "get", "incr", "check-rate"])]
+    );
+    h.on_complete(&mut ex, &ok(usage(100, 50, 0, 0)));
+    assert_eq!(
+        h.take_state_calls(),
+        vec![submit(&["release", "release", "incr"])]
+    );
+    assert_eq!(h.state_held("streams:all4:p:alice"), 0);
+    assert_eq!(h.state_held("budget:all4:p:alice:2025-06"), 0);
+    assert_eq!(h.state_counter("budget:all4:p:alice:2025-06"), Some(5_250));
+
+    // A rule of each kind on its own, and several rules: still one batch.
+    let mut h = host(json!([
+        {"match": {}, "requests_per_minute": 10, "name": "a"},
+        {"match": {}, "per": "team", "requests_per_minute": 10, "name": "b"},
+        {"match": {}, "per": "global", "tokens_per_minute": 10_000, "name": "c"},
+    ]));
+    assert!(!h.on_request(req("alice", Some("t"))).is_denied());
+    assert_eq!(
+        h.take_state_calls(),
+        vec![batch(&["get", "incr", "check-rate", "check-rate"])]
+    );
+}
+
+#[test]
+fn a_refusal_gives_back_everything_the_batch_took_in_one_submission() {
+    // The budget refuses (it is 0); the stream lease and the token charge after it in the
+    // same batch were taken and must be given back.
+    let mut h = host(json!([
+        {"match": {}, "budget_usd": 0.0, "name": "hard"},
+        {"match": {}, "max_concurrent_streams": 1, "tokens_per_minute": 100_000, "name": "s"},
+    ]));
+    let refused = h.on_request(stream("alice"));
+    assert_eq!(status(&refused), Some(429));
+    assert!(refused.denial().unwrap().message.contains("`hard`"));
+    assert_eq!(
+        h.take_state_calls(),
+        vec![
+            batch(&["acquire", "acquire", "get", "incr"]),
+            submit(&["release", "incr"])
+        ]
+    );
+    assert_eq!(h.state_held("streams:s:p:alice"), 0);
+    assert_eq!(h.state_counter(&format!("tpm:s:p:alice:{MINUTE}")), Some(0));
+}
+
+fn haiku_price() -> catalog::Price {
+    catalog::Price {
+        input: 1.0,
+        output: 5.0,
+        cache_read: 0.1,
+        cache_write: 1.25,
+        cache_write_1h: 2.0,
+    }
+}
+
+const PROFILE_ARN: &str =
+    "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123";
+
+#[test]
+fn an_application_inference_profile_is_priced_through_the_catalog_and_cannot_pass_the_budget() {
+    // No price table at all: the ARN's price comes from the catalog, which knows which model
+    // the profile runs.
+    let mut h = TestHost::<RateLimit>::with_clock(
+        json!({"rules": [{"budget_usd": 0.2, "name": "b"}]}),
+        NOW_MS,
+    )
+    .unwrap();
+    h.add_model("claude-haiku-4-5", &[PROFILE_ARN], Some(haiku_price()));
+    let arn = || MockRequest::bedrock_invoke(PROFILE_ARN).identity("alice", None);
+    // 100k input * $1 + 10k output * $5 = $0.15 a request.
+    let spend = ok(usage(100_000, 10_000, 0, 0));
+    let mut first = h.on_request(arn());
+    assert!(!first.is_denied());
+    // The reservation is priced from the catalog too: 4096 output tokens at $5.
+    assert_eq!(h.state_held("budget:b:p:alice:2025-06"), 4_096 * 5);
+    h.on_complete(&mut first, &spend);
+    assert_eq!(h.state_counter("budget:b:p:alice:2025-06"), Some(150_000));
+    assert!(!run(&mut h, arn(), &spend).is_denied());
+    let over = h.on_request(arn());
+    let d = over.denial().unwrap();
+    assert_eq!(d.status, 429);
+    assert!(
+        d.message.contains("has spent $0.30 of its $0.20 budget"),
+        "{}",
+        d.message
+    );
+    // An ARN the catalog does not know has no price: refused, not free.
+    let unknown = h.on_request(
+        MockRequest::bedrock_invoke(&PROFILE_ARN.replace("abc123", "zzz")).identity("bob", None),
+    );
+    assert_eq!(status(&unknown), Some(403));
+
+    // A price-table glob on the catalog's logical name wins over the catalog's price.
+    let mut h = TestHost::<RateLimit>::with_clock(
+        json!({"rules": [{"budget_usd": 10.0, "name": "b"}],
+               "prices": {"*haiku*": {"input": 2.0, "output": 10.0}}}),
+        NOW_MS,
+    )
+    .unwrap();
+    h.add_model("claude-haiku-4-5", &[PROFILE_ARN], Some(haiku_price()));
+    assert!(!run(&mut h, arn(), &spend).is_denied());
+    assert_eq!(
+        h.state_counter("budget:b:p:alice:2025-06"),
+        Some(200_000 + 100_000)
+    );
+}
+
+#[test]
+fn a_budget_rule_refuses_an_unpriced_model_unless_there_is_a_default_price() {
+    let rules = json!([
+        {"match": {}, "budget_usd": 100.0, "name": "monthly"},
+        {"match": {}, "requests_per_minute": 100, "name": "rpm"},
+    ]);
+    let mut h = host(rules.clone());
+    let nova = || MockRequest::bedrock_invoke("amazon.nova-pro").identity("alice", None);
+    let refused = h.on_request(nova());
+    let d = refused.denial().unwrap();
+    assert_eq!(d.status, 403);
+    for part in [
+        "`amazon.nova-pro`",
+        "rule `monthly`",
+        "[plugins.config.prices]",
+        "default_price",
+    ] {
+        assert!(d.message.contains(part), "{part}: {}", d.message);
+    }
+    // Refused before touching the store.
+    assert_eq!(h.take_state_calls(), vec![]);
+    assert_eq!(
+        h.counter("denied_total", &[("limit", "unpriced"), ("team", "none")]),
+        1
+    );
+    // Only inference is priced: token counting goes through.
+    assert!(!h
+        .on_request(nova().operation(Operation::CountTokens))
+        .is_denied());
+
+    // With a default price the model is priced (and charged) at it.
+    let mut h = TestHost::<RateLimit>::with_clock(
+        json!({"rules": rules, "prices": prices(),
+               "default_price": {"input": 1.0, "output": 2.0}}),
+        NOW_MS,
+    )
+    .unwrap();
+    assert!(!run(&mut h, nova(), &ok(usage(1_000, 1_000, 0, 0))).is_denied());
+    assert_eq!(
+        h.state_counter("budget:monthly:p:alice:2025-06"),
+        Some(1_000 + 2_000)
+    );
+}
+
+fn sized(principal: &str, max_tokens: u64) -> MockRequest {
+    req(principal, None).body_json(json!({ "max_tokens": max_tokens }))
+}
+
+#[test]
+fn concurrent_requests_cannot_overspend_a_budget() {
+    let mut h = host(json!([{"match": {}, "budget_usd": 1.0, "name": "b"}]));
+    let key = "budget:b:p:alice:2025-06";
+    // `{"max_tokens":4000}` is 19 bytes: 5 input tokens at $15, 4000 output tokens at $75.
+    let worst = 5 * 15 + 4_000 * 75;
+    // Five requests start before any completes: only the three whose worst cases fit in
+    // $1 together are let in.
+    let started: Vec<Exchange> = (0..5)
+        .map(|_| h.on_request(sized("alice", 4_000)))
+        .collect();
+    let admitted: Vec<bool> = started.iter().map(|e| !e.is_denied()).collect();
+    assert_eq!(admitted, [true, true, true, false, false]);
+    assert_eq!(h.state_held(key), 3 * worst);
+    let d = started[3].denial().unwrap();
+    assert_eq!(
+        (d.status, d.retry_after_seconds),
+        (429, Some(IN_FLIGHT_RETRY_SECONDS))
+    );
+    assert!(
+        d.message.contains(
+            "has spent $0.90 (with $0.90 reserved by requests in flight) of its $1.00 budget for 2025-06, and this request could cost up to $0.30"
+        ) && d.message.contains("retry when requests in flight finish"),
+        "{}",
+        d.message
+    );
+    let mut started: Vec<Exchange> = started.into_iter().take(3).collect();
+    // The first one ends cheaply: room for one more.
+    h.on_complete(&mut started[0], &ok(usage(5, 1_000, 0, 0)));
+    assert_eq!(h.state_counter(key), Some(75 + 75_000));
+    let mut fourth = h.on_request(sized("alice", 4_000));
+    assert!(!fourth.is_denied());
+    assert!(h.on_request(sized("alice", 4_000)).is_denied());
+    // Every admitted request uses its worst case: the spend still stays within the budget.
+    let worst_usage = ok(usage(5, 4_000, 0, 0));
+    for ex in started.iter_mut().skip(1).chain([&mut fourth]) {
+        h.on_complete(ex, &worst_usage);
+    }
+    let spent = h.state_counter(key).unwrap();
+    assert_eq!(spent, 75_075 + 3 * worst);
+    assert!(spent <= 1_000_000, "{spent}");
+    assert_eq!(h.state_held(key), 0);
+    // A request whose worst case alone is over what is left waits for the month.
+    let big = h.on_request(sized("bob", 64_000));
+    let d = big.denial().unwrap();
+    assert_eq!(d.retry_after_seconds, Some(TO_MONTH_END_S));
+    assert!(d.message.contains("lower max_tokens"), "{}", d.message);
+}
+
+#[test]
+fn reservations_and_leases_of_a_dead_request_expire_after_their_ttl() {
+    let mut h = TestHost::<RateLimit>::with_clock(
+        json!({"rules": [{"budget_usd": 0.5, "max_concurrent_streams": 1, "name": "r"}],
+               "prices": prices(), "stream_ttl_seconds": 60}),
+        NOW_MS,
+    )
+    .unwrap();
+    // A stream reserves $0.31 and takes the only slot, then its replica dies.
+    assert!(!h.on_request(stream("alice")).is_denied());
+    assert_eq!(h.state_held("budget:r:p:alice:2025-06"), OPUS_WORST_CASE);
+    let blocked = h.on_request(stream("alice"));
+    assert!(blocked.denial().unwrap().message.contains("$0.31 reserved"));
+    h.advance_clock_ms(59_999);
+    assert!(h.on_request(stream("alice")).is_denied());
+    // Past the TTL both holds are gone: nothing was spent, a new stream gets in.
+    h.advance_clock_ms(1);
+    let mut next = h.on_request(stream("alice"));
+    assert!(!next.is_denied());
+    assert_eq!(h.state_held("budget:r:p:alice:2025-06"), OPUS_WORST_CASE);
+    assert_eq!(h.state_counter("budget:r:p:alice:2025-06"), None);
+    // A request that outlives its reservation is still charged its exact cost.
+    h.advance_clock_ms(120_000);
+    h.on_complete(&mut next, &ok(usage(0, 1_000, 0, 0)));
+    assert_eq!(h.state_counter("budget:r:p:alice:2025-06"), Some(75_000));
+}
+
+#[test]
+fn store_errors_refuse_by_default_and_pass_with_fail_open() {
+    let rules =
+        json!([{"match": {}, "requests_per_minute": 10, "max_concurrent_streams": 1, "name": "r"}]);
+    let mut h = host(rules.clone());
+    h.set_state_unavailable(true);
+    let refused = h.on_request(stream("alice"));
+    let d = refused.denial().unwrap();
+    assert_eq!(
+        (d.status, d.retry_after_seconds),
+        (503, Some(STORE_DOWN_RETRY_SECONDS))
+    );
+    assert_eq!(h.counter("store_errors_total", &[]), 1);
+
+    let mut open =
+        TestHost::<RateLimit>::with_clock(json!({"rules": rules, "fail_open": true}), NOW_MS)
+            .unwrap();
+    open.set_state_unavailable(true);
+    assert!(!open.on_request(stream("alice")).is_denied());
+    assert!(open.logged("state store unavailable, not limiting"));
+}
+
+#[test]
+fn settlement_prices_one_hour_cache_writes_and_falls_back_to_the_reserved_price() {
+    let mut h = host(json!([{"match": {}, "budget_usd": 100.0, "name": "b"}]));
+    let key = "budget:b:p:alice:2025-06";
+    // 1000 cache writes, 400 of them 1-hour: 600 * 18.75 + 400 * 30 (2 x input by default).
+    let mut ex = h.on_request(req("alice", None));
+    ex.set_host_metadata(Completion::CACHE_WRITE_1H_TOKENS, "400");
+    h.on_complete(&mut ex, &ok(usage(0, 0, 0, 1_000)));
+    assert_eq!(h.state_counter(key), Some(11_250 + 12_000));
+    // Served by a model without a price: charged at the price it reserved at (opus).
+    let mut ex = h.on_request(req("alice", None));
+    let mut done = ok(usage(0, 100, 0, 0));
+    done.model_served = Some("some-unpriced-model".into());
+    h.on_complete(&mut ex, &done);
+    assert_eq!(h.state_counter(key), Some(23_250 + 7_500));
 }
