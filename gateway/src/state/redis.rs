@@ -452,12 +452,7 @@ impl StateStore for RedisStore {
             .collect();
         if !unknown.is_empty() {
             let again = self
-                .run(
-                    unknown
-                        .iter()
-                        .map(|&i| self.keyed(&ops[i], true))
-                        .collect(),
-                )
+                .run(unknown.iter().map(|&i| self.keyed(&ops[i], true)).collect())
                 .await?;
             for (i, answer) in unknown.into_iter().zip(again) {
                 answers[i] = answer;
