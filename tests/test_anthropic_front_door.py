@@ -126,6 +126,20 @@ def test_beta_messages_keep_the_beta_query_header_and_every_beta(agw, mock_anthr
     assert e and e[0].get("dropped_betas", "") in ("", "-"), e[0]["_line"] if e else agw.log()[-3000:]
 
 
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", SONNET_1P])
+def test_same_provider_requests_go_upstream_byte_exact(agw, mock_anthropic, model):
+    """Anthropic door -> Anthropic backend: the client's body, with its key order, spacing and model
+    alias, reaches the upstream unchanged (no parse and re-serialize)."""
+    body = ('{ "stream":false,"model" : "%s",\n  "messages":[{"role":"user","content":"say hello"}],'
+            '"max_tokens":64,  "metadata":{"user_id":"u-1"} }' % model).encode()
+    r = raw_request(agw.url, "POST", "/v1/messages", body,
+                    {"x-api-key": GW_CREDENTIAL, "anthropic-version": "2023-06-01"})
+    assert r.status == 200, (r.status, r.body)
+    rec = mock_anthropic.by_operation("messages")[-1]
+    check_anthropic_call(mock_anthropic, rec)
+    assert rec.body == body, f"the body changed on its way:\n sent {body!r}\n got  {rec.body!r}"
+
+
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages?beta=true"])
 def test_x_api_key_client_credential_is_replaced(agw, mock_anthropic, path):
     """Claude Code's ``?beta=true`` marker and a client ``x-api-key`` (as with ANTHROPIC_API_KEY)."""

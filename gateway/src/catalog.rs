@@ -307,7 +307,18 @@ impl Catalog {
         let entry = self.lookup(requested);
         if same_kind {
             return match entry {
-                // A logical name is no provider's ID: only the catalog's ID for `kind` will do.
+                // The built-in logical names are the Anthropic API's own aliases: the client's
+                // ID (and so its body, byte for byte) goes upstream unchanged.
+                Some(e)
+                    if e.name == requested
+                        && kind == BackendKind::Anthropic
+                        && BUILTIN.iter().any(|b| {
+                            b.0 == requested && b.4 == e.anthropic.as_deref().unwrap_or_default()
+                        }) =>
+                {
+                    Some(requested.to_string())
+                }
+                // Another logical name is no provider's ID: only the catalog's ID for `kind`.
                 Some(e) if e.name == requested => e.id_for(kind).map(str::to_string),
                 _ => Some(requested.to_string()),
             };
@@ -382,6 +393,34 @@ mod tests {
             display_name: None,
             price: None,
         }])
+    }
+
+    #[test]
+    fn an_anthropic_alias_stays_as_the_client_sent_it_on_an_anthropic_backend() {
+        let c = Catalog::new(&[]);
+        let a = BackendKind::Anthropic;
+        assert_eq!(
+            c.model_for("claude-sonnet-4-5", a, true).as_deref(),
+            Some("claude-sonnet-4-5")
+        );
+        // Across providers, and on Bedrock or Vertex, the alias becomes the provider's ID.
+        assert_eq!(
+            c.model_for("claude-sonnet-4-5", a, false).as_deref(),
+            Some("claude-sonnet-4-5-20250929")
+        );
+        assert_eq!(
+            c.model_for("claude-sonnet-4-5", BackendKind::Vertex, true)
+                .as_deref(),
+            Some("claude-sonnet-4-5@20250929")
+        );
+        // A configured logical name is no Anthropic alias.
+        let custom = catalog();
+        assert_eq!(
+            custom
+                .model_for("team-sonnet", BackendKind::Vertex, true)
+                .as_deref(),
+            Some("claude-sonnet-4-5@20250929")
+        );
     }
 
     #[test]
