@@ -47,6 +47,11 @@ bench: setup-system
 bench-streams: setup-system
 	benches/run-streams.sh --write
 
+## bench-state: the stock plugins' latency and req/s with the Redis state store against memory (needs Redis on 127.0.0.1:6379); appends to benches/RESULTS.md
+.PHONY: bench-state
+bench-state: setup-system
+	benches/run-state.sh --write
+
 setup-system:
 	scripts/setup-system.sh
 
