@@ -508,3 +508,104 @@ fn a_redis_cluster_works_through_the_same_config() {
     );
     assert_eq!(incidents.get(), 0);
 }
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+fn holds_in_redis(port: u16, prefix: &str, key: &str) -> (String, String) {
+    let k = format!("{prefix}:{{{key}}}");
+    (
+        redis_cli(port, &["GET", &k]),
+        redis_cli(port, &["ZCARD", &format!("{k}:h")]),
+    )
+}
+
+#[test]
+fn a_late_reservation_is_released_and_spend_settled_meanwhile_reaches_redis() {
+    let rt = runtime();
+    let port = free_port();
+    let p = prefix("late");
+    let redis = PrivateRedis::start(port);
+    let cfg = StateConfig {
+        timeout: HumanDuration(Duration::from_millis(100)),
+        ..config(
+            &format!("redis://127.0.0.1:{port}"),
+            &p,
+            OnUnavailable::Local,
+        )
+    };
+    let (s, incidents) = store(&rt, &cfg);
+    rt.block_on(async {
+        // Warm: connection and scripts.
+        s.batch(&[Op::Get { key: "x".into() }]).await.unwrap();
+        // Redis freezes while a reservation is on its way: the call times out (and gets a local
+        // answer), but Redis runs it when it wakes up.
+        signal(&redis.0, "-STOP");
+        let late = s
+            .batch(&[hold("b:cap", "r1", 50, 100, 600_000)])
+            .await
+            .unwrap();
+        assert!(late[0].is_ok(), "{late:?}");
+        signal(&redis.0, "-CONT");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The late hold is released behind it: nothing stays held for a request that is over.
+        while holds_in_redis(port, &p, "b:cap").1 != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "the late reservation stayed held: {:?}",
+                holds_in_redis(port, &p, "b:cap")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(incidents.get(), 0, "one slow answer is not an outage");
+        assert!(s.status().healthy);
+
+        // An outage: a hold taken on Redis before it, settled during it.
+        let a = s
+            .batch(&[hold("b:cap", "r2", 50, 100, 600_000)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                answer(&a[0]),
+                Answer::Acquired(HoldState { granted: true, .. })
+            ),
+            "{a:?}"
+        );
+        signal(&redis.0, "-STOP");
+        for _ in 0..3 {
+            let _ = s.batch(&[Op::Get { key: "y".into() }]).await;
+        }
+        assert_eq!(incidents.get(), 1, "three timeouts in a row are an outage");
+        s.batch(&[release("b:cap", "r2", 40)]).await.unwrap();
+        signal(&redis.0, "-CONT");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !s.status().healthy {
+            assert!(Instant::now() < deadline, "the store did not come back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The spend settled during the outage is in Redis, and the hold is gone.
+        assert_eq!(
+            holds_in_redis(port, &p, "b:cap"),
+            ("40".to_string(), "0".to_string())
+        );
+        let b = s
+            .batch(&[hold("b:cap", "r3", 60, 100, 600_000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            answer(&b[0]),
+            Answer::Acquired(HoldState {
+                granted: true,
+                used: 40,
+                held: 60
+            })
+        );
+    });
+}

@@ -1,16 +1,27 @@
 //! The Redis store as the gateway uses it: bounded, and useful while Redis is down.
 //!
-//! Every batch gets `timeout`; a batch that fails to reach Redis (refused, dropped, timed out)
-//! starts an *incident*: one warning, one increment of `gateway_state_store_incidents_total`,
-//! `/status` turns unhealthy, and from then on batches do not touch Redis at all (no request
-//! waits on a dead server) but get `on_unavailable`'s answer:
+//! Every batch gets `timeout`. A batch that cannot reach Redis (refused, dropped), or the
+//! third batch in a row to miss the timeout, starts an *incident*: one warning, one increment
+//! of `gateway_state_store_incidents_total`, `/status` turns unhealthy, and from then on
+//! batches do not touch Redis at all (no request waits on a dead server) but get
+//! `on_unavailable`'s answer:
 //! - `local`: this replica's [`MemoryStore`] counts instead (limits hold per replica);
 //! - `allow`: every limit has room and nothing is counted;
 //! - `deny`: every call fails, and plugins refuse what they cannot check.
 //!
-//! A background task probes Redis (a `PING` every half second) and ends the incident, with
-//! one log line, as soon as it answers; batches go to Redis again from then on. What was
-//! counted locally during the incident stays local.
+//! A single batch that misses the timeout gets that answer for itself only.
+//!
+//! Nothing is lost or left held in Redis by an incident or a late answer:
+//! - a batch that missed the timeout may still run when Redis wakes up; releases of the holds
+//!   it took follow it on the same connection, so a late reservation or lease does not hold
+//!   capacity until its TTL for a request that is long over;
+//! - releases made while Redis was down (stream slots ended, budget spend settled) are kept,
+//!   up to 100,000 operations, and sent to Redis before the incident ends, so settled spend
+//!   reaches the shared counter.
+//!
+//! A background task probes Redis (every half second: the scripts loaded, then what Redis is
+//! owed) and ends the incident, with one log line, once both went through; batches go to
+//! Redis again from then on. Counters and windows counted locally meanwhile stay local.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +34,13 @@ use crate::config::state::{OnUnavailable, StateBackend, StateConfig};
 
 /// How often an unhealthy store probes Redis.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Batches in a row that miss the timeout before it counts as an outage (one slow answer
+/// under a burst gets the fallback for itself, without switching every call over).
+const TIMEOUTS_FOR_INCIDENT: u32 = 3;
+/// Operations kept for Redis while it cannot take them; older ones are dropped past this.
+const REPLAY_MAX: usize = 100_000;
+/// Operations sent per replay batch.
+const REPLAY_CHUNK: usize = 256;
 
 /// What `/status` shows of the state store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +78,54 @@ struct Health {
     incidents: AtomicU64,
     since_ms: AtomicU64,
     counter: prometheus::IntCounter,
+    /// Batches in a row that missed the timeout.
+    timeouts: std::sync::atomic::AtomicU32,
+    /// What Redis still has to be told (see [`SharedStore::owed`]).
+    replay: std::sync::Mutex<Vec<Op>>,
+}
+
+impl Health {
+    fn owe(&self, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        if let Ok(mut q) = self.replay.lock() {
+            q.extend(ops);
+            let over = q.len().saturating_sub(REPLAY_MAX);
+            if over > 0 {
+                q.drain(..over);
+                tracing::warn!(
+                    dropped = over,
+                    "state store: too many operations waiting for Redis; the oldest are dropped"
+                );
+            }
+        }
+    }
+
+    fn take_owed(&self) -> Vec<Op> {
+        self.replay
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// Sends what Redis is owed, in chunks; what it does not take stays owed. True when all went.
+async fn pay(redis: &RedisStore, health: &Health, wait: Duration) -> bool {
+    let owed = health.take_owed();
+    let mut chunks = owed.chunks(REPLAY_CHUNK);
+    for chunk in chunks.by_ref() {
+        if !matches!(
+            tokio::time::timeout(wait, redis.batch(chunk)).await,
+            Ok(Ok(_))
+        ) {
+            let mut rest = chunk.to_vec();
+            rest.extend(chunks.flatten().cloned());
+            health.owe(rest);
+            return false;
+        }
+    }
+    true
 }
 
 /// A [`RedisStore`] with a deadline, an outage policy and background reconnection.
@@ -126,6 +192,8 @@ impl SharedStore {
                         incidents: AtomicU64::new(0),
                         since_ms: AtomicU64::new(0),
                         counter: incidents,
+                        timeouts: std::sync::atomic::AtomicU32::new(0),
+                        replay: std::sync::Mutex::new(Vec::new()),
                     }),
                 }))
             }
@@ -161,8 +229,13 @@ impl SharedStore {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let wait = timeout.max(Duration::from_secs(1));
-                // Back when it answers, with the scripts loaded (a restarted server has none).
+                // Back when it answers, with the scripts loaded (a restarted server has none),
+                // and once it has what it is owed.
                 if let Ok(Ok(())) = tokio::time::timeout(wait, redis.load_scripts()).await {
+                    if !pay(&redis, &health, wait).await {
+                        continue;
+                    }
+                    health.timeouts.store(0, Ordering::Relaxed);
                     health.healthy.store(true, Ordering::Release);
                     tracing::info!(
                         down_for_ms = started.elapsed().as_millis() as u64,
@@ -176,20 +249,73 @@ impl SharedStore {
     }
 }
 
+impl SharedStore {
+    /// What Redis is owed for `ops` that did not reach it, or may reach it late:
+    /// - every hold they took is released (a late `acquire` would otherwise hold capacity
+    ///   until its TTL for a request that is long over);
+    /// - with `releases`, their releases and settlements are sent again: those that certainly
+    ///   did not run (refused, or made while Redis was known to be down), so spend settled
+    ///   meanwhile still reaches the shared counter.
+    fn owed(ops: &[Op], releases: bool) -> Vec<Op> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Acquire(h) => Some(Op::Release(super::Settlement {
+                    key: h.key.clone(),
+                    holder: h.holder.clone(),
+                    settle: 0,
+                    ttl: h.ttl,
+                })),
+                Op::Release(_) if releases => Some(op.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A batch that missed the timeout: Redis may still run it, after which its holds must
+    /// end; sent behind it on the same connection, the releases run after it.
+    fn timed_out(&self, ops: &[Op]) {
+        self.health.owe(Self::owed(ops, false));
+        let timeouts = self.health.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
+        if timeouts >= TIMEOUTS_FOR_INCIDENT {
+            self.incident(&format!(
+                "{timeouts} batches in a row without an answer within {:?}",
+                self.timeout
+            ));
+        } else {
+            let (redis, health, wait) = (
+                Arc::clone(&self.redis),
+                Arc::clone(&self.health),
+                self.timeout.max(Duration::from_secs(1)),
+            );
+            self.runtime
+                .spawn(async move { pay(&redis, &health, wait).await });
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl StateStore for SharedStore {
     async fn batch(&self, ops: &[Op]) -> Result<Answers, StateError> {
         if !self.health.healthy.load(Ordering::Acquire) {
+            // Releases made meanwhile end holds Redis may have and settle real spend: Redis
+            // gets them when it is back. (Holds taken meanwhile never reached it.)
+            let releases = ops.iter().filter(|op| matches!(op, Op::Release(_)));
+            self.health.owe(releases.cloned().collect());
             return self.unavailable(ops).await;
         }
         match tokio::time::timeout(self.timeout, self.redis.batch(ops)).await {
-            Ok(Ok(answers)) => Ok(answers),
+            Ok(Ok(answers)) => {
+                self.health.timeouts.store(0, Ordering::Relaxed);
+                Ok(answers)
+            }
             Ok(Err(e)) => {
+                // Refused or dropped: what it released is sent again once Redis is back.
+                self.health.owe(Self::owed(ops, true));
                 self.incident(&e.to_string());
                 self.unavailable(ops).await
             }
             Err(_) => {
-                self.incident(&format!("no answer within {:?}", self.timeout));
+                self.timed_out(ops);
                 self.unavailable(ops).await
             }
         }
