@@ -34,6 +34,9 @@ pub struct Lifecycle {
     max_connections: usize,
     refused: AtomicUsize,
     stopped: tokio::sync::watch::Sender<bool>,
+    /// The data-plane listener's address, once known, and whether it has been seen accepting.
+    data_address: std::sync::OnceLock<std::net::SocketAddr>,
+    listening: AtomicBool,
 }
 
 impl Lifecycle {
@@ -45,7 +48,41 @@ impl Lifecycle {
             max_connections,
             refused: AtomicUsize::new(0),
             stopped: tokio::sync::watch::channel(false).0,
+            data_address: std::sync::OnceLock::new(),
+            listening: AtomicBool::new(false),
         })
+    }
+
+    /// Where the data plane listens (an unspecified address is reached on loopback).
+    pub fn set_data_address(&self, mut address: std::net::SocketAddr) {
+        if address.ip().is_unspecified() {
+            address.set_ip(if address.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let _ = self.data_address.set(address);
+    }
+
+    /// Whether the data-plane listener accepts connections. The admin listener starts first, so
+    /// until a connection to the data address has gone through once, readiness tries one.
+    pub async fn data_plane_listening(&self) -> bool {
+        if self.listening.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(address) = self.data_address.get() else {
+            return true;
+        };
+        let connect = tokio::net::TcpStream::connect(*address);
+        let up = matches!(
+            tokio::time::timeout(Duration::from_millis(500), connect).await,
+            Ok(Ok(_))
+        );
+        if up {
+            self.listening.store(true, Ordering::Release);
+        }
+        up
     }
 
     /// Whether a stop has begun (the gateway is no longer ready for new traffic).

@@ -174,6 +174,9 @@ fn raise_open_file_limit(max_connections: usize) {
 pub fn run(config: Config, config_path: &std::path::Path, upgrade: bool) -> Result<(), StartError> {
     raise_open_file_limit(config.server.max_connections);
     let lifecycle = Lifecycle::new(config.server.max_connections);
+    if let Ok(address) = config.server.listen.parse() {
+        lifecycle.set_data_address(address);
+    }
     let background = background_runtime()?;
     let upstreams = start_upstreams(&config, &background)?;
 

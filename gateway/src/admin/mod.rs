@@ -2,8 +2,9 @@
 //!
 //! - `GET /healthz`: 200 while the process serves at all.
 //! - `GET /readyz`: 200 when every backend can authenticate (credentials loaded or an API key
-//!   set) and has a resolved address; 503 with the reasons otherwise, and 503 with
-//!   `"draining": true` from the moment a stop begins.
+//!   set) and has a resolved address, and the data-plane listener accepts connections; 503
+//!   with the reasons otherwise (`"listening": false` while the data listener is not up yet),
+//!   and 503 with `"draining": true` from the moment a stop begins.
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /status`: version, uptime, configuration generation, plugins with their content
 //!   hashes, backends with their health, the last reload error.
@@ -84,9 +85,15 @@ impl Admin {
             .collect()
     }
 
-    fn readiness(&self) -> (u16, serde_json::Value) {
+    async fn readiness(&self) -> (u16, serde_json::Value) {
         if self.lifecycle.draining() {
             return (503, serde_json::json!({ "ready": false, "draining": true }));
+        }
+        if !self.lifecycle.data_plane_listening().await {
+            return (
+                503,
+                serde_json::json!({ "ready": false, "listening": false }),
+            );
         }
         let mut problems = serde_json::Map::new();
         for b in self.upstreams.backends() {
@@ -145,7 +152,7 @@ impl ServeHttp for Admin {
             },
             ("GET", "/healthz") => json(200, serde_json::json!({ "status": "ok" })),
             ("GET", "/readyz") => {
-                let (status, body) = self.readiness();
+                let (status, body) = self.readiness().await;
                 json(status, body)
             }
             ("GET", "/metrics") => {
