@@ -112,12 +112,15 @@ impl RedisStore {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // The connection manager starts its driver task on the current runtime.
         let _entered = runtime.enter();
+        // The caller bounds each batch by `timeout` itself (and tells a slow answer from a dead
+        // server); the client's own answer deadline only catches a connection gone silent.
+        let silent = (timeout * 4).max(Duration::from_secs(1));
         let conn = match urls {
             RedisUrls::One(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(backend)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
+                    .set_response_timeout(Some(silent))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_secs(1));
                 Conn::Node(
@@ -128,7 +131,7 @@ impl RedisStore {
                 client: Box::new(
                     ClusterClient::builder(urls.iter().map(String::as_str))
                         .connection_timeout(timeout)
-                        .response_timeout(timeout)
+                        .response_timeout(silent)
                         .retries(1)
                         .build()
                         .map_err(backend)?,
