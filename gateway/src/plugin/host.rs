@@ -647,9 +647,19 @@ impl HostState {
 
     /// Runs a plugin's batch: malformed operations fail alone, the rest go in one round trip.
     async fn run_batch(&mut self, ops: Vec<state::Op>) -> Vec<Result<state::Answer, String>> {
-        let checked: Vec<Result<store::Op, String>> =
-            ops.into_iter().map(|op| self.store_op(op)).collect();
-        let valid: Vec<store::Op> = checked.iter().filter_map(|c| c.clone().ok()).collect();
+        // The valid operations go to the store (moved, not copied); each malformed one keeps
+        // its refusal in its place.
+        let mut valid = Vec::with_capacity(ops.len());
+        let refused: Vec<Option<String>> = ops
+            .into_iter()
+            .map(|op| match self.store_op(op) {
+                Ok(op) => {
+                    valid.push(op);
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect();
         let entered = self.enter_host();
         let answers = self.services.state.batch(&valid).await;
         self.leave_host(entered);
@@ -657,18 +667,21 @@ impl HostState {
             Ok(a) => a.into_iter(),
             Err(e) => {
                 let e = e.to_string();
-                return checked.into_iter().map(|c| c.and(Err(e.clone()))).collect();
+                return refused
+                    .into_iter()
+                    .map(|r| Err(r.unwrap_or_else(|| e.clone())))
+                    .collect();
             }
         };
-        checked
+        refused
             .into_iter()
-            .map(|c| {
-                c?;
-                match answers.next() {
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => match answers.next() {
                     Some(Ok(a)) => Ok(wit_answer(a)),
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err("the store gave no answer".into()),
-                }
+                },
             })
             .collect()
     }

@@ -147,16 +147,6 @@ impl RedisStore {
         })
     }
 
-    /// A round trip to the server (the health probe).
-    pub async fn ping(&self) -> Result<(), StateError> {
-        let answers = self.run(vec![(None, redis::cmd("PING"))]).await?;
-        match answers.into_iter().next() {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(backend(e)),
-            None => Err(StateError::Backend("no answer to PING".into())),
-        }
-    }
-
     /// Loads every script into the server's cache, so batches can name them by hash (done at
     /// start, when Redis comes back after an outage, and after a server forgot them).
     pub async fn load_scripts(&self) -> Result<(), StateError> {
