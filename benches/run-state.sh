@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Measures what the Redis state store costs the stock pipeline, against the in-memory store.
 #
-# Starts benches' mock-upstream once, then runs three legs one after the other against it:
+# Starts benches' mock-upstream once, then runs these legs one after the other against it:
 #   direct  loadgen straight at the mock;
+#   nginx   nginx (one worker, on the gateway's core) as a plain reverse proxy, when installed;
+#   plain   the release gateway without plugins;
 #   memory  the release gateway with the four stock plugins (audit-log to an [audit] file, auth
 #           with a static key, model-rewrite, rate-limit with generous limits of every kind and
 #           prices), [state] left at its default (memory);
@@ -21,7 +23,8 @@
 #   --connections C  connections for the saturation runs (default 16; 0 = skip them)
 #   --no-pin         do not pin processes to cores with taskset
 #
-# GATEWAY_BIN overrides the gateway binary (default target/release/gateway), BENCHES_BIN the
+# GATEWAY_BIN overrides the gateway binary (default target/release/gateway), PLUGINS_DIR the
+# stock plugins (default target/plugins), BENCHES_BIN the
 # directory of mock-upstream and loadgen (default target/release), REDIS_URL the Redis
 # (default redis://127.0.0.1:6379; a single node, reached with redis-cli).
 set -euo pipefail
@@ -55,7 +58,7 @@ RELEASE=$ROOT/target/release
 GATEWAY_BIN=${GATEWAY_BIN:-$RELEASE/gateway}
 BIN=${BENCHES_BIN:-$RELEASE}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-PLUGINS=$ROOT/target/plugins
+PLUGINS=${PLUGINS_DIR:-$ROOT/target/plugins}
 if [[ $BUILD == 1 ]]; then
     echo "== cargo build --release -p gateway -p gateway-benches" >&2
     cargo build --release -p gateway -p gateway-benches >&2
@@ -151,6 +154,9 @@ kind = "bedrock"
 region = "us-east-1"
 endpoint = "http://127.0.0.1:$MOCK_PORT"
 control_endpoint = "http://127.0.0.1:$MOCK_PORT"
+EOF
+    [[ $leg == plain ]] && return
+    cat >>"$WORK/$leg.toml" <<EOF
 
 [audit]
 path = "$WORK/$leg-audit.log"
@@ -305,7 +311,7 @@ run_leg() {
         [[ $conns -gt 1 ]] && n=$((REQUESTS * 3))
         load "$leg" "$conns" "$n" "$target" "$header"
         # the store's incidents so far (a gateway leg): which run had them
-        [[ $leg == direct ]] || curl -s "http://127.0.0.1:$ADMIN_PORT/status" \
+        [[ $leg == direct || $leg == nginx ]] || curl -s "http://127.0.0.1:$ADMIN_PORT/status" \
             | jq -r '.state.incidents // "-"' >"$WORK/$leg-$conns.incidents" 2>/dev/null || true
     done
 }
@@ -316,6 +322,50 @@ AUDIT_SUMMARY=()
 
 # --- leg 1: direct
 run_leg direct "http://127.0.0.1:$MOCK_PORT"
+
+# --- nginx as a plain reverse proxy (the floor for any proxy), on the gateway's core, one worker
+NGINX_LEG=0
+if command -v nginx >/dev/null; then
+    NGINX_PORT=$(free_port)
+    cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location /bedrock/ {
+            proxy_pass http://mock/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+    "${PIN_GW[@]}" nginx -c "$WORK/nginx.conf" -p "$WORK" >"$WORK/nginx.log" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
+        sleep 0.05
+    done
+    run_leg nginx "http://127.0.0.1:$NGINX_PORT/bedrock"
+    kill "$NGINX_PID" 2>/dev/null || true
+    wait "$NGINX_PID" 2>/dev/null || true
+    NGINX_LEG=1
+else
+    echo "run-state.sh: nginx is not installed: no nginx leg (apt-get install nginx-light)" >&2
+fi
+
+# --- the gateway without plugins
+start_gateway plain
+run_leg plain "http://127.0.0.1:$GW_PORT/bedrock"
+stop_gateway
 
 # --- leg 2: memory store
 start_gateway memory
@@ -367,7 +417,10 @@ TABLE=$WORK/table.md
 {
     echo "| leg | p50 at 1 conn | p99 at 1 conn | added p50 vs direct | added p99 vs direct | req/s at $CONNS conns | errors (1 / $CONNS conns) |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
-    for leg in direct memory redis; do
+    LEGS=(direct)
+    [[ $NGINX_LEG == 1 ]] && LEGS+=(nginx)
+    LEGS+=(plain memory redis)
+    for leg in "${LEGS[@]}"; do
         one=$WORK/$leg-1.json many=$WORK/$leg-$CONNS.json
         p50=$(field .total_us.p50 "$one") p99=$(field .total_us.p99 "$one")
         added50="—" added99="—"
@@ -382,6 +435,8 @@ TABLE=$WORK/table.md
         label=$leg
         case $leg in
             direct) label="direct (mock)" ;;
+            nginx) label="nginx reverse proxy (1 worker)" ;;
+            plain) label="gateway, no plugins" ;;
             memory) label="gateway, stock plugins, memory store" ;;
             redis) label="gateway, stock plugins, Redis store" ;;
         esac
@@ -392,6 +447,16 @@ M1=$WORK/memory-1.json R1=$WORK/redis-1.json
 RPS_RATIO=-
 [[ $CONNS != 0 ]] && RPS_RATIO=$(ratio "$(field .rps "$WORK/memory-$CONNS.json")" "$(field .rps "$WORK/redis-$CONNS.json")")
 HEADLINE="Redis vs memory: $(diff_us "$(field .total_us.p50 "$M1")" "$(field .total_us.p50 "$R1")") µs p50, $(diff_us "$(field .total_us.p99 "$M1")" "$(field .total_us.p99 "$R1")") µs p99 per request; req/s ratio $RPS_RATIO (Redis / memory, at $CONNS connections)."
+if [[ $CONNS != 0 ]]; then
+    PLAIN_RPS=$(field .rps "$WORK/plain-$CONNS.json") MEM_RPS=$(field .rps "$WORK/memory-$CONNS.json")
+    RATIOS="Requests per second at $CONNS connections: stock plugins / no plugins $(ratio "$PLAIN_RPS" "$MEM_RPS")"
+    if [[ $NGINX_LEG == 1 ]]; then
+        NG_RPS=$(field .rps "$WORK/nginx-$CONNS.json")
+        RATIOS="$RATIOS; gateway without plugins / nginx $(ratio "$NG_RPS" "$PLAIN_RPS"); with the stock plugins / nginx $(ratio "$NG_RPS" "$MEM_RPS") (memory store), $(ratio "$NG_RPS" "$(field .rps "$WORK/redis-$CONNS.json")") (Redis store)"
+    fi
+    HEADLINE="$HEADLINE
+$RATIOS."
+fi
 INCIDENTS_LINE="Redis store incidents (Redis did not answer within the 50 ms \`timeout\`; the gateway then counts in memory until its probe finds Redis again): $(incidents redis 1) after the 1-connection run"
 [[ $CONNS != 0 ]] && INCIDENTS_LINE="$INCIDENTS_LINE, $(incidents redis "$CONNS") after the $CONNS-connection run (cumulative)"
 INCIDENTS_LINE="$INCIDENTS_LINE; Redis slow-log entries on this run's keys (over ${SLOW_MIN:-?} µs): $SLOW; gateway log lines on the state store: $STORE_LOG."
