@@ -8,6 +8,7 @@
 //! Every value a plugin hands over is bounded by its `return_limit`; writes are refused
 //! outside the phase that may make them; state keys are prefixed with the plugin's name.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -812,8 +813,7 @@ impl state::Host for HostState {
         let failed = self.services.metrics.state_submit_failures.clone();
         let completions = Arc::clone(&self.services.completions);
         completions.begin();
-        // Off the request's path: the call returns before the store has answered.
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let errors = match state.batch(&valid).await {
                 Ok(answers) => answers.iter().filter(|a| a.is_err()).count(),
                 Err(_) => valid.len(),
@@ -824,6 +824,13 @@ impl state::Host for HostState {
             }
             completions.end();
         });
+        // A store that answers at once (the memory store) is done here, without a hand-off to
+        // another task; one that waits (Redis) goes on off the request's path: the call
+        // returns before the store has answered.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(work);
+        }
         Ok(())
     }
 }
